@@ -1,0 +1,89 @@
+"""Response-token log-probs and full-vocabulary entropy from a Hugging Face causal LM, chunked over the vocabulary.
+
+The entropy is the H_{j,t,i} of paper Eq. 2 (epo-spec 2.1-2.2): ``-sum_v p(v | w_<i) log p(v | w_<i)`` over the
+whole vocabulary, of the same temperature-scaled distribution the rollout sampled from (verl divides the logits by
+the rollout temperature before ``entropy_from_logits``). Only the positions that predict response tokens are
+projected onto the vocabulary, ``chunk_size`` rows at a time, and under autograd each chunk is checkpointed: a
+150k vocabulary never materializes a float32 ``[B, T, V]`` tensor, in the forward or in the saved activations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_logprob_entropy(
+    hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Log-prob of ``targets`` and entropy for ``[N, H]`` hidden states: ``lse - logit`` and ``lse - E_p[logit]``."""
+    logits = head(hidden).float() / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    return logprobs, entropy
+
+
+def response_logprobs_and_entropy(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Per-token log-prob of each response token and the entropy of the distribution it was sampled from.
+
+    ``logprobs[b, t] = log softmax(logits(input_ids[b, :t]) / temperature)[input_ids[b, t]]`` and ``entropy[b, t]``
+    is the entropy of that same distribution, for every ``t`` with ``response_mask[b, t] == 1``.
+
+    The backbone (``model.get_decoder()``) runs once over the whole batch, with position ids that follow the
+    attention mask (``cumsum(attention_mask) - 1``, 0 on padding), exactly as ``generate`` builds them, so left-
+    (and right-) padded rows are scored as they were sampled. Then only the hidden states at ``t - 1`` of the
+    response positions ``t`` go through the output embedding (``model.get_output_embeddings()``), in chunks of
+    ``chunk_size`` rows, cast to float32. When grad is enabled, each chunk is wrapped in
+    ``torch.utils.checkpoint`` (``use_reentrant=False``), so its ``[chunk_size, V]`` logits are recomputed in the
+    backward instead of stored. Assumes the model's logits are plain ``lm_head(hidden)`` (no soft-capping or
+    logit scaling, as in Llama, Qwen2 and SmolLM).
+
+    Args:
+        model: a Hugging Face causal LM (e.g. ``LlamaForCausalLM``), possibly PEFT-wrapped.
+        input_ids: ``[B, T]`` prompt and response ids.
+        attention_mask: ``[B, T]`` 1 on real tokens.
+        response_mask: ``[B, T]`` 1 on the response tokens to score; must be 0 at position 0 (no prefix).
+        temperature: the sampling temperature (logits are divided by it).
+        chunk_size: response positions per vocabulary projection.
+
+    Returns:
+        ``(logprobs, entropy)``, each ``[B, T]`` float32, 0 where ``response_mask == 0``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (logits are divided by it), got {temperature}.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    response = response_mask.bool()
+    if response[:, 0].any():
+        raise ValueError("response_mask is 1 at position 0: a response token needs at least one token before it.")
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    hidden = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    rows, cols = response.nonzero(as_tuple=True)
+    predicting = hidden[rows, cols - 1]
+    targets = input_ids[rows, cols]
+    head = model.get_output_embeddings()
+    pieces = []
+    for start in range(0, targets.numel(), chunk_size):
+        args = (predicting[start : start + chunk_size], targets[start : start + chunk_size], head, temperature)
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logprob_entropy, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprob_entropy(*args))
+    shape = input_ids.shape
+    logprobs = torch.zeros(shape, dtype=torch.float32, device=input_ids.device)
+    entropy = torch.zeros(shape, dtype=torch.float32, device=input_ids.device)
+    if pieces:
+        logprobs = logprobs.index_put((rows, cols), torch.cat([p[0] for p in pieces]))
+        entropy = entropy.index_put((rows, cols), torch.cat([p[1] for p in pieces]))
+    return logprobs, entropy
