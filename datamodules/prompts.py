@@ -1,0 +1,58 @@
+"""Step-independent agent prompts: task, the last k (observation, action) pairs, the observation, admissible actions.
+
+The prompt of turn t is rebuilt from scratch every turn (verl-agent / EPO convention, epo-spec 1.2 and 8.1), so its
+length is bounded by ``history_length`` and does not grow with the episode. The plain-text layout below is what the
+``tiny`` preset reads; a policy whose tokenizer has a chat template gets the same text as a user message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+ACTION_OPEN = "<action>"
+ACTION_CLOSE = "</action>"
+
+#: Every word the plain template itself contributes (the tiny tokenizer's vocabulary adds these to the env's words).
+TEMPLATE_WORDS: tuple[str, ...] = ("goal", "before", "you", "did", "now", "actions", ":", ";", ".", "|")
+
+CHAT_INSTRUCTION = (
+    "You are an agent in a text game. Reason step by step inside <think> </think> tags, then answer with exactly "
+    "one of the admissible actions inside <action> </action> tags."
+)
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Render and tokenize the prompt of one turn.
+
+    Args:
+        history_length: how many previous (observation, action) pairs the prompt shows (the paper uses 2).
+        use_chat_template: wrap the text as a chat user message when the tokenizer has a chat template.
+    """
+
+    history_length: int = 2
+    use_chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        if self.history_length < 0:
+            raise ValueError(f"history_length must be >= 0, got {self.history_length}; use 0 for no history.")
+
+    def render(self, task: str, history: Sequence[tuple[str, str]], observation: str, admissible: Sequence[str]) -> str:
+        """Return the prompt text. ``history`` holds all past (observation, action) pairs, oldest first."""
+        shown = list(history)[-self.history_length :] if self.history_length else []
+        parts = [f"goal : {task} ."]
+        parts += [f"before : {obs} you did : {action} ." for obs, action in shown]
+        parts.append(f"now : {observation}")
+        parts.append("actions : " + " ; ".join(admissible) + " .")
+        return "\n".join(parts)
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+        """Token ids of the prompt, through the chat template when the tokenizer has one."""
+        if self.use_chat_template and getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "system", "content": CHAT_INSTRUCTION}, {"role": "user", "content": text}]
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
