@@ -1,0 +1,96 @@
+"""Typed containers for the data that flows from rollouts into training (design.md, "Key types")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Turn:
+    """One agent turn: the prompt it saw and the tokens it generated, exactly as generated.
+
+    Attributes:
+        prompt_ids: token ids of the step-independent prompt (task, last k pairs, observation, admissible actions).
+        response_ids: token ids the policy sampled, up to and including its end-of-sequence token.
+        response_text: the decoded response (for parsing and transcripts only; never re-tokenized for training).
+        action: the parsed action sent to the environment ("" when the response had no parsable action).
+        valid: the response parsed and the action was admissible.
+        observation: the observation that was in the prompt (for transcripts).
+        turn_index: 0-based position of the turn in its episode.
+        reward: the environment reward of this step.
+    """
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_text: str
+    action: str
+    valid: bool
+    observation: str
+    turn_index: int
+    reward: float = 0.0
+
+
+@dataclass
+class Episode:
+    """One multi-turn episode; the G episodes of one task share ``group_id`` (the GRPO group).
+
+    Attributes:
+        task_id: ``"<split>:<seed>"``, the task the environment was reset to.
+        group_id: index of the task within its rollout batch.
+        task: the goal text.
+        turns: the turns taken, in order.
+        success: the environment reported ``won``.
+        truncated: the episode hit ``max_turns`` without terminating.
+        env_error: the environment failed; such episodes are counted and never trained on.
+    """
+
+    task_id: str
+    group_id: int
+    task: str
+    turns: list[Turn] = field(default_factory=list)
+    success: bool = False
+    truncated: bool = False
+    env_error: bool = False
+
+    @property
+    def episode_return(self) -> float:
+        """Sum of environment rewards (sparse: the success reward at the end only)."""
+        return sum(turn.reward for turn in self.turns)
+
+
+@dataclass
+class TurnBatch:
+    """A padded micro-batch of turn rows, the unit of ``training_step``. Shapes: B rows, L tokens.
+
+    Attributes:
+        input_ids: ``[B, L]`` prompt followed by response ids, right padded.
+        attention_mask: ``[B, L]`` 1 on real tokens.
+        response_mask: ``[B, L]`` 1 on response tokens (the ones trained on).
+        advantages: ``[B]`` per-row advantage, broadcast to the row's response tokens.
+        turn_index: ``[B]`` turn position within its episode.
+        traj_index: ``[B]`` trajectory id, shared by the rows of one episode (for trajectory-level aggregation).
+        old_logprobs: ``[B, L]`` log-probs of the rollout policy at response positions (0 elsewhere).
+        old_entropy: ``[B, L]`` token entropy of the rollout policy at response positions.
+        ref_logprobs: ``[B, L]`` log-probs of the frozen reference policy, when a KL term is used.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    advantages: Tensor
+    turn_index: Tensor
+    traj_index: Tensor
+    old_logprobs: Tensor | None = None
+    old_entropy: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> TurnBatch:
+        """Return a copy with every tensor on ``device`` (Lightning calls this through ``transfer_batch_to_device``)."""
+        moved = {name: (value.to(device) if isinstance(value, Tensor) else value) for name, value in vars(self).items()}
+        return TurnBatch(**moved)
