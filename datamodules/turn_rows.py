@@ -1,0 +1,63 @@
+"""Episodes to turn rows, and rows to padded ``TurnBatch`` micro-batches (epo-spec 1.2: the sample unit is a turn)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from epo_lightning.types import Episode, TurnBatch
+
+
+@dataclass
+class TurnRow:
+    """One training row: a turn's prompt and response ids, its score and (later) its advantage."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    score: float
+    group_id: int
+    traj_id: int
+    turn_index: int
+    advantage: float = 0.0
+
+
+def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_penalty: float) -> list[TurnRow]:
+    """Every turn of every error-free episode becomes a row scored with its episode's return.
+
+    score = reward_scale * episode_return - invalid_penalty * [turn invalid]   (the EPO code's row reward, spec 1.2)
+    Rows with an empty response (nothing to train) are skipped; environment-error episodes are dropped.
+    """
+    rows = []
+    for traj_id, episode in enumerate(episodes):
+        if episode.env_error:
+            continue
+        episode_score = reward_scale * episode.episode_return
+        for turn in episode.turns:
+            if not turn.response_ids:
+                continue
+            score = episode_score - (0.0 if turn.valid else invalid_penalty)
+            rows.append(TurnRow(turn.prompt_ids, turn.response_ids, score, episode.group_id, traj_id, turn.turn_index))
+    return rows
+
+
+def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
+    """Right-pad rows into a ``TurnBatch`` whose ``input_ids`` are exactly prompt + generated response ids."""
+    width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for b, row in enumerate(rows):
+        n_prompt, n_total = len(row.prompt_ids), len(row.prompt_ids) + len(row.response_ids)
+        input_ids[b, :n_total] = torch.tensor(row.prompt_ids + row.response_ids)
+        attention_mask[b, :n_total] = 1
+        response_mask[b, n_prompt:n_total] = 1.0
+    return TurnBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
+        turn_index=torch.tensor([r.turn_index for r in rows]),
+        traj_index=torch.tensor([r.traj_id for r in rows]),
+    )

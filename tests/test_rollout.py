@@ -1,0 +1,98 @@
+import random
+
+import torch
+
+from datamodules.envs.embedded import EmbeddedTextEnv, optimal_actions
+from datamodules.prompts import PromptBuilder
+from datamodules.rollout import TaskSpec, collect_episodes
+from datamodules.turn_rows import collate_rows, episodes_to_rows
+from epo_lightning.policy import generate_responses, load_policy
+from epo_lightning.tiny_preset import response_ids
+
+
+class SampledPolicy:
+    def __init__(self, path) -> None:
+        self.model, self.tokenizer = load_policy(path)
+
+    def generate(self, prompts, evaluation=False):
+        return generate_responses(self.model, self.tokenizer, prompts, temperature=1.0, max_new_tokens=8)
+
+
+class PlannerPolicy:
+    """Answers every prompt with the planner's next optimal action for the env it belongs to."""
+
+    def __init__(self, tokenizer, envs) -> None:
+        self.tokenizer, self.envs = tokenizer, envs
+
+    def generate(self, prompts, evaluation=False):
+        active = [env for env in self.envs if optimal_actions(env)]
+        assert len(active) == len(prompts)
+        return [response_ids(self.tokenizer, optimal_actions(env)[0]) for env in active]
+
+
+class GarbagePolicy:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.rng = tokenizer, random.Random(0)
+
+    def generate(self, prompts, evaluation=False):
+        return [[self.rng.randrange(len(self.tokenizer)) for _ in range(7)] for _ in prompts]
+
+
+def _tasks(n: int, group_size: int = 1) -> list[TaskSpec]:
+    return [TaskSpec("train", 100 + g, g) for g in range(n) for _ in range(group_size)]
+
+
+def test_training_rows_are_exactly_the_generated_token_ids(tiny_policy_dir) -> None:
+    torch.manual_seed(0)
+    policy = SampledPolicy(tiny_policy_dir)
+    envs = [EmbeddedTextEnv(difficulty="easy") for _ in range(6)]
+    result = collect_episodes(policy, envs, _tasks(3, 2), PromptBuilder(), max_turns=5)
+    turns = [t for e in result.episodes for t in e.turns]
+    rows = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
+    assert len(rows) == sum(1 for t in turns if t.response_ids)
+    batch = collate_rows(rows, policy.tokenizer.pad_token_id)
+    for b, row in enumerate(rows):
+        n_prompt, n_resp = len(row.prompt_ids), len(row.response_ids)
+        assert batch.input_ids[b, : n_prompt + n_resp].tolist() == row.prompt_ids + row.response_ids
+        assert batch.response_mask[b].nonzero().flatten().tolist() == list(range(n_prompt, n_prompt + n_resp))
+        assert batch.attention_mask[b].sum().item() == n_prompt + n_resp
+    # the decoded text was only used for parsing: the ids are the sampled ones, not a re-tokenization
+    for turn in turns:
+        assert policy.tokenizer.decode(turn.response_ids, skip_special_tokens=True) == turn.response_text
+    assert result.generated_tokens == sum(len(t.response_ids) for t in turns)
+
+
+def test_planner_policy_wins_every_episode_through_the_real_collection(tiny_policy_dir) -> None:
+    _, tokenizer = load_policy(tiny_policy_dir)
+    envs = [EmbeddedTextEnv(difficulty="default") for _ in range(4)]
+    result = collect_episodes(PlannerPolicy(tokenizer, envs), envs, _tasks(4), PromptBuilder(), max_turns=30)
+    assert [e.success for e in result.episodes] == [True] * 4
+    for episode in result.episodes:
+        assert all(t.valid for t in episode.turns)
+        assert episode.episode_return == 1.0 and episode.turns[-1].reward == 1.0
+        assert not episode.truncated and len(episode.turns) >= 6
+
+
+def test_garbage_output_is_an_invalid_action_not_a_crash(tiny_policy_dir) -> None:
+    _, tokenizer = load_policy(tiny_policy_dir)
+    envs = [EmbeddedTextEnv(difficulty="easy") for _ in range(3)]
+    result = collect_episodes(GarbagePolicy(tokenizer), envs, _tasks(3), PromptBuilder(), max_turns=4)
+    for episode in result.episodes:
+        assert len(episode.turns) == 4 and episode.truncated and not episode.success
+        assert not any(t.valid for t in episode.turns)
+    rows = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
+    assert {row.score for row in rows} == {-0.1}
+
+
+class BrokenEnv(EmbeddedTextEnv):
+    def step(self, action):
+        raise RuntimeError("simulated crash")
+
+
+def test_a_crashing_environment_drops_its_episode_and_the_rest_go_on(tiny_policy_dir) -> None:
+    _, tokenizer = load_policy(tiny_policy_dir)
+    envs = [EmbeddedTextEnv(difficulty="easy"), BrokenEnv(difficulty="easy")]
+    result = collect_episodes(PlannerPolicy(tokenizer, envs[:1] + [envs[0]]), envs, _tasks(2), PromptBuilder(), 1)
+    assert [e.env_error for e in result.episodes] == [False, True]
+    rows = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
+    assert {row.traj_id for row in rows} == {0}
