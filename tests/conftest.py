@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny-tiny policy preset built once per session in a temp cache, and a fast Trainer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from epo_lightning.tiny_preset import TinyPreset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+#: Small enough to build in seconds; the format prior still makes most actions valid on the easy suite.
+TEST_PRESET = TinyPreset(
+    hidden_size=48,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=96,
+    prior_states=1500,
+    prior_epochs=3,
+    prior_batch_size=32,
+    prior_lr=3e-3,
+)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("epo_cache")
+
+
+def make_trainer(root: Path, **overrides) -> Trainer:
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    settings.update(overrides)
+    return Trainer(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(cache_dir: Path) -> Path:
+    """The test preset built for the easy embedded suite (what ``EPOModule(policy="tiny")`` builds in setup)."""
+    from datamodules.rollout_datamodule import RolloutDataModule
+    from epo_lightning.tiny_preset import load_or_build_tiny
+
+    data = RolloutDataModule(**EASY_DATA)
+    examples = data.format_prior_examples(TEST_PRESET.prior_states, TEST_PRESET.seed)
+    return load_or_build_tiny(data.vocabulary(), examples, TEST_PRESET, cache_dir)
+
+
+#: A small rollout setting on the easy suite that trains in a few seconds per epoch.
+EASY_DATA = dict(
+    env_kwargs={"difficulty": "easy"}, tasks_per_step=4, group_size=4, max_turns=6, val_tasks=8, micro_batch_size=16
+)

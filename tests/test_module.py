@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from callbacks import EntropyHistory, PhaseScheduler
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.module import EPOModule
+from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+
+class RecordingModule(EPOModule):
+    """Records, per training step, the log-ratio to the rollout policy and the H_ref / beta it trained with."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.first_log_ratios: list[torch.Tensor] = []
+        self.seen: list[tuple[int, float | None, float]] = []
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            logprobs, _ = self._logprobs(self.model, batch)
+            self.first_log_ratios.append(((logprobs - batch.old_logprobs) * batch.response_mask).detach())
+        self.seen.append((self.current_epoch, self.entropy_reference, self.beta))
+        return super().training_step(batch, batch_idx)
+
+
+def _module(cache_dir, **kwargs) -> RecordingModule:
+    settings = dict(tiny=TEST_PRESET, cache_dir=str(cache_dir), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    settings.update(kwargs)
+    return RecordingModule(**settings)
+
+
+def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_and_parameters_move(cache_dir, tiny_policy_dir, tmp_path):
+    module = _module(cache_dir, kl_coef=0.01)
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert len(module.first_log_ratios) == 2
+    for log_ratio in module.first_log_ratios:
+        assert torch.equal(log_ratio, torch.zeros_like(log_ratio))
+    initial = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
+    initial.trainer = trainer  # reuse the built datamodule to load the same initial weights from the cache
+    initial.setup("fit")
+    changed = [
+        not torch.equal(p, q) for p, q in zip(module.model.parameters(), initial.model.parameters(), strict=True)
+    ]
+    assert all(changed)
+    frozen = [torch.equal(p, q) for p, q in zip(module.ref_model.parameters(), initial.model.parameters(), strict=True)]
+    assert all(frozen)
+    metrics = trainer.callback_metrics
+    for key in (
+        "loss/total",
+        "loss/pg",
+        "loss/kl",
+        "ppo/clip_frac",
+        "entropy/token_mean",
+        "rollout/success_rate",
+        "rollout/valid_action_ratio",
+        "rollout/tokens_per_s",
+        "time/rollout_s",
+        "time/train_s",
+        "entropy/turn_0",
+    ):
+        assert key in metrics, key
+    assert metrics["loss/kl"] > 0
+
+
+def test_without_callbacks_beta_is_one_and_there_is_no_smoothing(cache_dir, tiny_policy_dir, tmp_path):
+    module = _module(cache_dir)
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert {(ref, beta) for _, ref, beta in module.seen} == {(None, 1.0)}
+    assert trainer.callback_metrics["loss/smooth"] == 0
+
+
+def test_callbacks_feed_the_reference_and_beta_into_training(cache_dir, tiny_policy_dir, tmp_path):
+    module = _module(cache_dir)
+    history = EntropyHistory()
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=[history, PhaseScheduler()])
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    by_epoch = {epoch: (ref, beta) for epoch, ref, beta in module.seen}
+    assert by_epoch[0] == (None, 2.0)
+    assert by_epoch[1][0] == pytest.approx(history.history[0])
+    assert by_epoch[2][0] == pytest.approx((history.history[0] + history.history[1]) / 2)
+    assert by_epoch[1][1] == pytest.approx(1 + torch.exp(torch.tensor(-3.0 * 1 / 1)).item())
+    assert len(history.history) == 3 and all(0 < h < 10 for h in history.history)
+
+
+def test_validation_logs_success_rates_for_both_splits(cache_dir, tiny_policy_dir, tmp_path):
+    module = _module(cache_dir)
+    trainer = make_trainer(tmp_path)
+    (metrics,) = trainer.validate(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert set(metrics) >= {"val/success_rate", "val_ood/success_rate", "val/episode_len"}
+    assert 0.0 <= metrics["val/success_rate"] <= 1.0
+    assert 1.0 <= metrics["val/episode_len"] <= EASY_DATA["max_turns"]
+
+
+def test_tiny_policy_without_a_rollout_datamodule_says_what_to_change(cache_dir, tmp_path):
+    module = _module(cache_dir)
+    module.trainer = make_trainer(tmp_path)
+    with pytest.raises(RuntimeError, match="RolloutDataModule"):
+        module.setup("fit")
+
+
+def test_bad_arguments_fail_at_construction():
+    with pytest.raises(ValueError, match="temperature"):
+        EPOModule(temperature=0.0)
+    with pytest.raises(ValueError, match="group_size"):
+        RolloutDataModule(group_size=0)
+    with pytest.raises(ValueError, match="unknown env"):
+        RolloutDataModule(env="nethack")
