@@ -1,0 +1,77 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+from callbacks import EntropyHistory, PhaseScheduler
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.cli import cli_main
+from epo_lightning.module import EPOModule
+
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+OVERLAYS = {"debug.yaml"}
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["epo"])
+
+
+FAST = ["--config", "configs/quickstart.yaml", "--config", "configs/debug.yaml"]
+
+
+def _tiny_test_preset(cache_dir) -> list[str]:
+    return [
+        f"--model.init_args.cache_dir={cache_dir}",
+        "--model.init_args.tiny.hidden_size=48",
+        "--model.init_args.tiny.num_layers=1",
+        "--model.init_args.tiny.num_heads=2",
+        "--model.init_args.tiny.intermediate_size=96",
+    ]
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.name not in OVERLAYS], ids=lambda p: p.name)
+def test_every_config_parses_and_instantiates(config: Path) -> None:
+    cli = cli_main(["--config", str(config)], run=False)
+    assert isinstance(cli.model, EPOModule)
+    assert isinstance(cli.datamodule, RolloutDataModule)
+    assert cli.trainer.reload_dataloaders_every_n_epochs == 1
+    kinds = {type(c) for c in cli.trainer.callbacks}
+    assert {EntropyHistory, PhaseScheduler} <= kinds
+
+
+def test_debug_overlay_composes_over_quickstart() -> None:
+    cli = cli_main(FAST, run=False)
+    assert cli.trainer.max_epochs == 2
+    assert cli.datamodule.group_size == 2
+    assert cli.model.tiny.prior_states == 300
+
+
+def test_omegaconf_interpolation_resolves(tmp_path) -> None:
+    cli = cli_main([*FAST, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=true"], run=False)
+    assert cli.trainer.default_root_dir == str(tmp_path)
+
+
+def test_default_callbacks_can_be_removed_or_replaced() -> None:
+    cli = cli_main(
+        [*FAST, "--entropy_history=null", "--phase=lightning.pytorch.callbacks.LearningRateMonitor"], run=False
+    )
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert "EntropyHistory" not in kinds and "PhaseScheduler" not in kinds and "LearningRateMonitor" in kinds
+
+
+def test_bad_input_is_rejected_at_parse_time_with_the_option_named() -> None:
+    with pytest.raises(SystemExit):
+        cli_main([*FAST, "--model.init_args.agg=flat"], run=False)
+    with pytest.raises(ValueError, match="unknown env"):
+        cli_main([*FAST, "--data.init_args.env=nethack"], run=False)
+    with pytest.raises(ValueError, match="clip"):
+        cli_main([*FAST, "--model.init_args.clip_low=1.5"], run=False)
+
+
+def test_fit_runs_end_to_end_and_validates_before_the_first_update(tmp_path, cache_dir) -> None:
+    cli = cli_main(["fit", *FAST, f"--trainer.default_root_dir={tmp_path}", *_tiny_test_preset(cache_dir)])
+    assert cli.trainer.current_epoch == 2
+    assert cli.trainer.state.finished
+    metrics = cli.trainer.callback_metrics
+    assert "val/success_rate" in metrics and "loss/total" in metrics
