@@ -48,8 +48,13 @@ def test_debug_overlay_composes_over_quickstart() -> None:
 
 
 def test_omegaconf_interpolation_resolves(tmp_path) -> None:
-    cli = cli_main([*FAST, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=true"], run=False)
-    assert cli.trainer.default_root_dir == str(tmp_path)
+    overlay = tmp_path / "interp.yaml"
+    overlay.write_text(
+        "data:\n  class_path: datamodules.rollout_datamodule.RolloutDataModule\n"
+        "  init_args:\n    tasks_per_step: 3\n    val_tasks: ${data.init_args.tasks_per_step}\n"
+    )
+    cli = cli_main([*FAST, "--config", str(overlay)], run=False)
+    assert cli.datamodule.val_tasks == 3
 
 
 def test_default_callbacks_can_be_removed_or_replaced() -> None:

@@ -1,10 +1,14 @@
 """Procedural task generation and the split definitions of the embedded suite.
 
 Task families (the goal stated in words):
-- ``take``: "take the red apple"; the item may lie in a closed container in another room.
-- ``unlock``: "take the green gem from the chest"; the chest is locked and its key lies elsewhere, maybe in a container.
-- ``place``: "put the red apple in the box"; carry an item to a container in another room.
-- ``unlock_place`` (composition, OOD only): "put the green gem from the chest in the box".
+- ``take``: "take the apple"; the item may lie in a closed container in another room.
+- ``unlock``: "take the gem from the chest"; the chest is locked and the key lies elsewhere, maybe in a container.
+- ``place``: "put the apple in the box"; carry an item to a container in another room.
+- ``unlock_place`` (composition, OOD only): "put the gem from the chest in the box".
+
+Every object has a one-word name (unique within a world): a word-level policy then chooses an object by copying a
+single token from the admissible actions. With two-word names ("red apple") a small model from scratch learned the
+verbs but not to copy the colour, and its format prior stayed at ~75% valid actions.
 
 Splits (the world is a deterministic function of difficulty, split and seed; seeds are hashed with the split name, so
 the same seed gives unrelated worlds in different splits):
@@ -23,7 +27,7 @@ import random
 from dataclasses import dataclass
 
 from datamodules.envs.embedded.planner import solve
-from datamodules.envs.embedded.vocabulary import COLORS, CONTAINER_NAMES, LOCKABLE, PLAIN_NOUNS, ROOM_NAMES
+from datamodules.envs.embedded.vocabulary import CONTAINER_NAMES, LOCKABLE, PLAIN_NOUNS, ROOM_NAMES
 from datamodules.envs.embedded.world import LAYOUTS, State, World, grid_exits
 
 SPLITS = ("train", "val_iid", "val_ood")
@@ -72,7 +76,6 @@ def _sample(rng: random.Random, split: str, level: Difficulty) -> World:
     rooms = tuple(rng.sample(ROOM_NAMES, n_rooms))
     names = rng.sample(CONTAINER_NAMES, rng.randint(*level.containers))
     container_rooms = {name: rng.randrange(n_rooms) for name in names}
-    colors = rng.sample(COLORS, len(COLORS))
     places: dict[str, str] = {}
     opened = {name for name in names if rng.random() < 0.5}
     locked: set[str] = set()
@@ -84,7 +87,7 @@ def _sample(rng: random.Random, split: str, level: Difficulty) -> World:
         return rng.choice(options)
 
     if family in ("unlock", "unlock_place"):
-        goal_item, key = f"{colors.pop()} gem", f"{colors.pop()} key"
+        goal_item, key = "gem", "key"
         container_rooms[LOCKABLE] = rng.randrange(n_rooms)
         locked.add(LOCKABLE)
         keys[LOCKABLE] = key
@@ -95,7 +98,7 @@ def _sample(rng: random.Random, split: str, level: Difficulty) -> World:
             goal_container = rng.choice(names)
             task = f"put the {goal_item} from the {LOCKABLE} in the {goal_container}"
     else:
-        goal_item = f"{colors.pop()} {rng.choice(PLAIN_NOUNS)}"
+        goal_item = rng.choice(PLAIN_NOUNS)
         task = f"take the {goal_item}"
         if family == "place":
             goal_container = rng.choice(names)
@@ -104,8 +107,7 @@ def _sample(rng: random.Random, split: str, level: Difficulty) -> World:
         while places[goal_item] == goal_container:
             places[goal_item] = spot()
     for _ in range(rng.randint(*level.distractors)):
-        noun = rng.choice((*PLAIN_NOUNS, "key", "gem"))
-        item = f"{rng.choice(colors)} {noun}"
+        item = rng.choice(PLAIN_NOUNS)
         if item not in places:
             places[item] = spot()
     start = State(

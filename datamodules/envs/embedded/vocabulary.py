@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 ROOM_NAMES = ("kitchen", "hall", "bedroom", "study", "garden", "cellar", "attic", "bathroom")
-COLORS = ("red", "blue", "green", "yellow", "white", "black")
-PLAIN_NOUNS = ("apple", "book", "cup", "ball", "coin")
+PLAIN_NOUNS = ("apple", "book", "cup", "ball", "coin", "lamp", "pen")
 CONTAINER_NAMES = ("box", "drawer", "basket", "cabinet")
 LOCKABLE = "chest"
 DIRECTIONS = ("north", "south", "east", "west")
@@ -15,13 +14,5 @@ _TEMPLATE = (
 ).split()
 
 VOCABULARY: tuple[str, ...] = tuple(
-    sorted(
-        set(_TEMPLATE)
-        | set(ROOM_NAMES)
-        | set(COLORS)
-        | set(PLAIN_NOUNS)
-        | set(CONTAINER_NAMES)
-        | {LOCKABLE}
-        | set(DIRECTIONS)
-    )
+    sorted(set(_TEMPLATE) | set(ROOM_NAMES) | set(PLAIN_NOUNS) | set(CONTAINER_NAMES) | {LOCKABLE} | set(DIRECTIONS))
 )

@@ -1,7 +1,7 @@
 """The embedded suite's world model: a static ``World`` (layout, containers, goal) and an immutable ``State``.
 
 Rooms sit on a grid; items lie on a room's floor or inside a container; containers are closed, open or locked (a
-locked chest opens after ``unlock chest with <color> key``). Actions: go, take, open, unlock, put. There are no pure
+locked chest opens after ``unlock chest with key``). Actions: go, take, open, unlock, put. There are no pure
 no-op actions (look, inventory, close): with them a uniformly random policy almost never wins within 20 turns, and RL
 from a random-like start needs to see some successes. ``transitions`` lists every admissible action with the
 state and message it leads to, so the environment, the random baseline and the planner share one rule book.
