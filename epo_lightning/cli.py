@@ -47,7 +47,7 @@ class EPOCLI(LightningCLI):
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> EPOCLI:
-    """Entry point of the ``epo`` console script; ``args`` lets tests drive the real CLI in-process."""
+    """Build (and by default run) the CLI; ``args`` lets tests and notebooks drive the real CLI in-process."""
     return EPOCLI(
         EPOModule,
         RolloutDataModule,
@@ -61,5 +61,10 @@ def cli_main(args: ArgsType = None, run: bool = True) -> EPOCLI:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``epo`` console script (returns nothing, so the process exits 0 on success)."""
     cli_main()
+
+
+if __name__ == "__main__":
+    main()
