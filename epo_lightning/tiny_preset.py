@@ -161,28 +161,26 @@ def train_format_prior(
 
 
 def _soft_target_loss(model: LlamaForCausalLM, pad_id: int, rows: list) -> torch.Tensor:
+    """Mean over response positions of ``-sum_v q(v) log p(v)``, one batched forward and one log-softmax."""
     length = max(len(p) + len(r) for p, r, _ in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
+    batch_index, positions = [], []
     for b, (prompt, resp, _) in enumerate(rows):
-        seq = prompt + resp
-        input_ids[b, : len(seq)] = torch.tensor(seq)
-        attention[b, : len(seq)] = 1
-    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-    loss = logits.new_zeros(())
-    count = 0
-    for b, (prompt, resp, targets) in enumerate(rows):
-        positions = torch.arange(len(prompt) - 1, len(prompt) + len(resp) - 1)
-        logp = F.log_softmax(logits[b, positions], dim=-1)
-        loss = loss - (targets * logp).sum()
-        count += len(resp)
-    return loss / count
+        input_ids[b, : len(prompt) + len(resp)] = torch.tensor(prompt + resp)
+        attention[b, : len(prompt) + len(resp)] = 1
+        batch_index += [b] * len(resp)
+        positions += range(len(prompt) - 1, len(prompt) + len(resp) - 1)  # position t predicts token t + 1
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    logp = F.log_softmax(logits[torch.tensor(batch_index), torch.tensor(positions)].float(), dim=-1)
+    targets = torch.cat([t for _, _, t in rows])
+    return -(targets * logp).sum() / len(positions)
 
 
 def cache_key(words: Sequence[str], preset: TinyPreset, examples: Sequence[PriorExample]) -> str:
     """A digest of everything that determines the tiny policy (vocabulary, sizes, prior data)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"words": sorted(set(words)), "preset": asdict(preset), "v": 1}).encode())
+    digest.update(json.dumps({"words": sorted(set(words)), "preset": asdict(preset), "v": 2}).encode())
     for prompt, admissible in examples:
         digest.update(prompt.encode())
         digest.update("|".join(admissible).encode())
