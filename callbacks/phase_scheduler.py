@@ -1,14 +1,13 @@
-"""``PhaseScheduler``: owns EPO's adaptive phase weight beta_k (paper Eq. 5).
+"""``PhaseScheduler``: owns EPO's adaptive phase weight beta_k (arXiv 2509.22576, Eq. 5).
 
     beta_k = 1 + exp(-gamma * k / k_mid),   k_mid = floor(K / 2),   gamma = 3
 
-so beta goes from 2 at k = 0 to 1 + e^-3 ≈ 1.05 at mid-training and ≈ 1.0025 at K. ``constant`` and epoch-keyed
-``milestones`` (shaped like Lightning's ``GradientAccumulationScheduler``) are alternatives. The value of step k + 1
-is pushed in ``on_train_epoch_end`` of step k, since rollouts precede ``on_train_epoch_start`` (style-anchors P1), and
-that of the starting step in ``on_train_start``, the first hook after a checkpoint restored the trainer's epoch.
+so beta goes from 2 at k = 0 to 1 + e^-3 ≈ 1.0498 at mid-training and ≈ 1.0025 at K. A ``constant`` beta (the paper's
+"W/O DW" ablation) and epoch-keyed ``milestones`` (shaped like Lightning's ``GradientAccumulationScheduler``) are
+alternatives. One Lightning epoch is one RL step k. The beta of step k + 1 is pushed in ``on_train_epoch_end`` of step
+k, since its rollouts are collected before ``on_train_epoch_start`` (style-anchors P1), and that of the first step in
+``on_fit_start``, from the step a checkpoint recorded (``trainer.current_epoch`` is only restored after that hook).
 """
-
-from __future__ import annotations
 
 import math
 from typing import Any, Literal
@@ -20,17 +19,20 @@ from typing_extensions import override
 
 
 class PhaseScheduler(Callback):
-    """Set ``pl_module.beta`` every RL step (one Lightning epoch).
+    """Set ``pl_module.beta``, the weight of the smoothing term, at every RL step (paper Eq. 5).
+
+    The LightningModule must expose ``beta: float``, read by ``training_step``.
 
     Args:
-        schedule: ``paper_exp`` (Eq. 5), ``constant`` (the paper's "W/O DW" ablation) or ``milestones``.
-        gamma: decay rate of ``paper_exp``.
-        total_steps: K; defaults to ``trainer.max_epochs``.
-        value: beta of the ``constant`` schedule.
-        milestones: ``{epoch: beta}`` for ``milestones``; epoch 0 defaults to 1.0.
+        schedule: ``"paper_exp"`` (Eq. 5), ``"constant"`` or ``"milestones"``.
+        gamma: decay rate of ``"paper_exp"``, >= 0.
+        total_steps: K, the number of RL steps of ``"paper_exp"``; None reads ``trainer.max_epochs``.
+        value: beta of the ``"constant"`` schedule, >= 0.
+        milestones: ``{epoch: beta}`` of the ``"milestones"`` schedule, each beta holding from its epoch on; epoch 0
+            defaults to 1.0.
 
     Raises:
-        ValueError: on arguments outside their range, naming the argument to change.
+        ValueError: If an argument is out of range; the message names the argument to change.
     """
 
     def __init__(
@@ -43,62 +45,87 @@ class PhaseScheduler(Callback):
     ) -> None:
         if schedule not in ("paper_exp", "constant", "milestones"):
             raise ValueError(
-                f"PhaseScheduler schedule must be 'paper_exp', 'constant' or 'milestones', got {schedule!r}."
+                f"PhaseScheduler `schedule` must be 'paper_exp', 'constant' or 'milestones', got {schedule!r}."
             )
-        if gamma < 0 or value < 0:
-            raise ValueError(f"PhaseScheduler gamma and value must be >= 0, got gamma={gamma}, value={value}.")
+        if not 0.0 <= gamma < math.inf:
+            raise ValueError(f"PhaseScheduler `gamma` must be a finite number >= 0, got {gamma}.")
         if total_steps is not None and total_steps < 1:
             raise ValueError(
-                f"PhaseScheduler total_steps must be >= 1 (or null for trainer.max_epochs), got {total_steps}."
+                f"PhaseScheduler `total_steps` must be >= 1, or None for trainer.max_epochs; got {total_steps}."
             )
+        if not 0.0 <= value < math.inf:
+            raise ValueError(f"PhaseScheduler `value` must be a finite number >= 0, got {value}.")
         if schedule == "milestones":
             if not milestones:
-                raise ValueError("PhaseScheduler(schedule='milestones') needs milestones, e.g. {0: 2.0, 50: 1.0}.")
-            bad = {k: v for k, v in milestones.items() if not isinstance(k, int) or k < 0 or v < 0}
+                raise ValueError("PhaseScheduler(schedule='milestones') needs `milestones`, e.g. {0: 2.0, 50: 1.0}.")
+            bad = {k: v for k, v in milestones.items() if not isinstance(k, int) or k < 0 or not 0.0 <= v < math.inf}
             if bad:
-                raise ValueError(f"PhaseScheduler milestones need epochs >= 0 and betas >= 0; fix {bad}.")
+                raise ValueError(f"PhaseScheduler `milestones` need integer epochs >= 0 and betas >= 0; fix {bad}.")
             milestones = {0: 1.0, **milestones}
-        elif milestones:
-            raise ValueError("PhaseScheduler milestones only apply to schedule='milestones'.")
+        elif milestones is not None:
+            raise ValueError(f"PhaseScheduler `milestones` only apply to schedule='milestones' (got {schedule!r}).")
         self.schedule = schedule
         self.gamma = gamma
         self.total_steps = total_steps
         self.value = value
         self.milestones = dict(sorted((milestones or {}).items()))
-        self.beta = self.get_beta(0, total_steps or 2)
+        self.epochs = list(self.milestones)
+        self._resolved_total_steps = total_steps
+        self.epoch = 0
+        self.beta = 1.0
 
     def get_beta(self, epoch: int, total_steps: int | None = None) -> float:
-        """Beta for RL step ``epoch`` of ``total_steps`` (K)."""
+        """Beta of RL step ``epoch``.
+
+        Args:
+            epoch: the RL step k (Lightning epoch).
+            total_steps: K for ``"paper_exp"``; defaults to ``total_steps`` or the trainer's ``max_epochs``.
+
+        Raises:
+            ValueError: If ``"paper_exp"`` has no K.
+        """
         if self.schedule == "constant":
             return self.value
         if self.schedule == "milestones":
-            return next(beta for start, beta in reversed(self.milestones.items()) if epoch >= start)
-        steps = total_steps or self.total_steps
-        if not steps:
-            raise ValueError("PhaseScheduler(schedule='paper_exp') needs K: set total_steps or trainer.max_epochs.")
+            start = next(start for start in reversed(self.epochs) if epoch >= start)
+            return self.milestones[start]
+        steps = total_steps or self._resolved_total_steps
+        if steps is None:
+            raise ValueError("PhaseScheduler(schedule='paper_exp') needs K: set `total_steps` or `trainer.max_epochs`.")
         k_mid = max(1, steps // 2)
         return 1.0 + math.exp(-self.gamma * epoch / k_mid)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
         if not hasattr(pl_module, "beta"):
             raise AttributeError(
-                "PhaseScheduler needs the LightningModule to expose `beta` (float, read by training_step)."
+                f"PhaseScheduler needs {type(pl_module).__name__} to expose `beta` (float, the phase weight read by "
+                "training_step); add it or remove the callback."
             )
-        if self.total_steps is None and self.schedule == "paper_exp" and stage == "fit":
+        if self.schedule == "paper_exp" and self.total_steps is None:
             if trainer.max_epochs is None or trainer.max_epochs < 1:
-                raise ValueError("PhaseScheduler(schedule='paper_exp') needs K: set total_steps or trainer.max_epochs.")
-            self.total_steps = trainer.max_epochs
+                raise ValueError(
+                    "PhaseScheduler(schedule='paper_exp') needs K: set `total_steps` or `trainer.max_epochs`."
+                )
+            self._resolved_total_steps = trainer.max_epochs
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module, trainer.current_epoch)
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._apply(pl_module, self.epoch)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.current_epoch != self.epoch:  # the checkpoint carried no state for this callback
+            self._apply(pl_module, trainer.current_epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._apply(pl_module, trainer.current_epoch + 1)
 
-    def _apply(self, pl_module: pl.LightningModule, epoch: int) -> None:
+    def _apply(self, pl_module: "pl.LightningModule", epoch: int) -> None:
+        self.epoch = epoch
         self.beta = self.get_beta(epoch)
         pl_module.beta = self.beta
 
@@ -109,14 +136,15 @@ class PhaseScheduler(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"total_steps": self.total_steps, "beta": self.beta}
+        return {"total_steps": self._resolved_total_steps, "epoch": self.epoch, "beta": self.beta}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("total_steps")
-        if saved is not None and self.total_steps is not None and saved != self.total_steps:
-            rank_zero_warn(
-                f"PhaseScheduler: the checkpoint's run used K={saved} but this run has K={self.total_steps}, so beta "
-                "follows the new schedule; set `total_steps` to keep the old one."
-            )
+        self.epoch = state_dict.get("epoch", 0)
         self.beta = state_dict.get("beta", self.beta)
+        saved = state_dict.get("total_steps")
+        if self.schedule == "paper_exp" and saved is not None and saved != self._resolved_total_steps:
+            rank_zero_warn(
+                f"PhaseScheduler: the checkpoint's run had K={saved} but this run has K={self._resolved_total_steps}, "
+                f"so beta follows the new schedule; set `total_steps={saved}` to keep the old one."
+            )

@@ -1,11 +1,61 @@
 import math
 
 import pytest
+import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from torchmetrics import MeanMetric
 
 from callbacks import EntropyHistory
-from tests.callbacks.stand_in import StandIn
-from tests.conftest import make_trainer
+
+
+class StandIn(BoringModel):
+    """Honours the EntropyHistory contract; epoch e's two batches have entropies e + 0.5 and e + 1.5 (mean e + 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entropy_reference: float | None = None
+        self.train_entropy = MeanMetric()
+        self.seen: list[tuple[int, float | None]] = []  # (epoch, reference) per training step
+        self.rollouts: list[float | None] = []  # reference per train_dataloader call
+
+    def train_dataloader(self):  # where EPO collects the rollouts of a step: before on_train_epoch_start
+        self.rollouts.append(self.entropy_reference)
+        return super().train_dataloader()
+
+    def training_step(self, batch, batch_idx):
+        self.train_entropy.update(torch.tensor(self.current_epoch + 0.5 + batch_idx))
+        self.seen.append((self.current_epoch, self.entropy_reference))
+        return super().training_step(batch, batch_idx)
+
+    def on_train_epoch_start(self) -> None:
+        self.train_entropy.reset()
+
+    def references(self) -> list[float | None]:
+        """The reference each epoch saw, checking that both of its steps saw the same one."""
+        by_epoch = {}
+        for epoch, reference in self.seen:
+            assert by_epoch.setdefault(epoch, reference) == reference
+        return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def _fit(root, callback, max_epochs, ckpt_path=None, **trainer_kwargs):
+    module = StandIn()
+    settings = dict(
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        accelerator="cpu",
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[callback, ModelCheckpoint(dirpath=root, save_last=True)],
+    )
+    Trainer(**{**settings, **trainer_kwargs}).fit(module, ckpt_path=ckpt_path)
+    return module
 
 
 @pytest.mark.parametrize(
@@ -15,59 +65,89 @@ from tests.conftest import make_trainer
         ({}, [1.0], 1.0),
         ({}, [1.0, 2.0, 4.0], 7 / 3),
         ({"mode": "window", "window": 2}, [1.0, 2.0, 4.0], 3.0),
+        ({"mode": "window", "window": 5}, [1.0, 2.0], 1.5),
         ({"mode": "ema", "ema_decay": 0.5}, [1.0, 2.0, 4.0], 0.5 * (0.5 * 1 + 0.5 * 2) + 0.5 * 4),
+        ({"mode": "ema", "ema_decay": 0.0}, [1.0, 2.0, 4.0], 4.0),
         ({"warmup_steps": 3}, [1.0, 2.0], None),
+        ({"warmup_steps": 3}, [1.0, 2.0, 6.0], 3.0),
     ],
 )
 def test_reference_lookup(kwargs, history, expected):
-    reference = EntropyHistory(**kwargs).reference(history)
-    assert reference == (None if expected is None else pytest.approx(expected))
+    assert EntropyHistory(**kwargs).reference(history) == (None if expected is None else pytest.approx(expected))
 
 
-def _fit(tmp_path, callback, max_epochs, ckpt_path=None, checkpoint=False):
-    module = StandIn()
-    callbacks = [callback] + ([ModelCheckpoint(dirpath=tmp_path, save_last=True)] if checkpoint else [])
-    trainer = make_trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=checkpoint)
-    trainer.fit(module, ckpt_path=ckpt_path)
-    return module
+def test_reference_defaults_to_the_own_history():
+    callback = EntropyHistory()
+    for value in (1.0, 2.0, 6.0):
+        callback.append(value)
+    assert callback.history == [1.0, 2.0, 6.0]
+    assert callback.reference() == 3.0
 
 
 @pytest.mark.parametrize(
     ("kwargs", "references"),
     [
-        ({}, [None, 1.0, 1.5, 2.0]),  # entropies 1, 2, 3 -> cumulative means
-        ({"mode": "window", "window": 1}, [None, 1.0, 2.0, 3.0]),
+        ({}, [None, 1.0, 1.5, 2.0]),  # H̄_k = k + 1: cumulative means of the past steps only
+        ({"mode": "window", "window": 2}, [None, 1.0, 1.5, 2.5]),
         ({"mode": "ema", "ema_decay": 0.5}, [None, 1.0, 1.5, 2.25]),
+        ({"warmup_steps": 2}, [None, None, 1.5, 2.0]),
     ],
 )
-def test_training_sees_the_reference_of_past_steps_only(tmp_path, kwargs, references):
-    module = _fit(tmp_path, EntropyHistory(**kwargs), max_epochs=4)
-    assert [module.seen[epoch][0] for epoch in range(4)] == references
+def test_training_step_k_sees_the_reference_of_steps_before_k(tmp_path, kwargs, references):
+    callback = EntropyHistory(**kwargs)
+    module = _fit(tmp_path, callback, max_epochs=4)
+    assert module.references() == module.rollouts == references
+    assert callback.history == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_history_survives_a_checkpoint_resume(tmp_path):
-    straight = _fit(tmp_path / "a", EntropyHistory(), max_epochs=4)
-    _fit(tmp_path / "b", EntropyHistory(), max_epochs=2, checkpoint=True)
-    resumed_callback = EntropyHistory()
-    resumed = _fit(
-        tmp_path / "b", resumed_callback, max_epochs=4, ckpt_path=tmp_path / "b" / "last.ckpt", checkpoint=True
-    )
-    assert resumed.seen[2] == straight.seen[2] and resumed.seen[3] == straight.seen[3]
-    assert resumed_callback.history == [1.0, 2.0, 3.0, 4.0]
+def test_resumed_fit_sees_the_references_of_an_uninterrupted_one(tmp_path):
+    straight = _fit(tmp_path / "straight", EntropyHistory(), max_epochs=4)
+    _fit(tmp_path / "split", EntropyHistory(), max_epochs=2)
+    callback = EntropyHistory()
+    resumed = _fit(tmp_path / "split", callback, max_epochs=4, ckpt_path=tmp_path / "split" / "last.ckpt")
+    assert resumed.references() == straight.references()[2:] == [1.5, 2.0]
+    # Lightning loads the resumed run's first rollouts twice (the second at epoch 2's start): both see step 2's H_ref
+    assert resumed.rollouts == [1.5, 1.5, 2.0]
+    assert callback.history == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_state_key_tells_instances_apart():
+def test_resume_without_history_warns(tmp_path):
+    _fit(tmp_path, EntropyHistory(), max_epochs=1)
+    with pytest.warns(UserWarning, match="no history"):
+        _fit(tmp_path, EntropyHistory(mode="window", window=3), max_epochs=2, ckpt_path=tmp_path / "last.ckpt")
+
+
+def test_resume_from_a_validation_end_checkpoint_warns_about_the_lost_step(tmp_path):
+    # check_val_every_n_epoch=2 makes ModelCheckpoint save at validation end, before on_train_epoch_end of step 1
+    kwargs = {"limit_val_batches": 1, "check_val_every_n_epoch": 2, "num_sanity_val_steps": 0}
+    _fit(tmp_path, EntropyHistory(), max_epochs=2, **kwargs)
+    callback = EntropyHistory()
+    with pytest.warns(UserWarning, match="no entropy was recorded in RL step 1"):
+        _fit(tmp_path, callback, max_epochs=3, ckpt_path=tmp_path / "last.ckpt", **kwargs)
+    assert callback.history == [1.0, 3.0]
+
+
+def test_state_dict_round_trip_and_state_key():
+    callback = EntropyHistory()
+    callback.append(1.0)
+    restored = EntropyHistory()
+    restored.load_state_dict(callback.state_dict())
+    assert restored.history == [1.0]
+    EntropyHistory().load_state_dict({})  # an old checkpoint without the key
     assert EntropyHistory().state_key != EntropyHistory(mode="window", window=5).state_key
+    assert EntropyHistory(mode="window", window=4).state_key != EntropyHistory(mode="window", window=5).state_key
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"mode": "median"}, "mode"),
-        ({"mode": "window"}, "window >= 1"),
-        ({"window": 3}, "only applies"),
-        ({"mode": "ema", "ema_decay": 1.0}, "ema_decay"),
-        ({"warmup_steps": 0}, "warmup_steps"),
+        ({"mode": "median"}, "`mode` must be"),
+        ({"mode": "window"}, "needs `window` >= 1"),
+        ({"mode": "window", "window": 0}, "needs `window` >= 1"),
+        ({"window": 3}, "only applies to mode='window'"),
+        ({"mode": "ema", "ema_decay": 1.0}, "`ema_decay` must be in"),
+        ({"ema_decay": -0.1}, "`ema_decay` must be in"),
+        ({"warmup_steps": 0}, "`warmup_steps` must be >= 1"),
     ],
 )
 def test_bad_arguments_say_what_to_change(kwargs, match):
@@ -75,13 +155,15 @@ def test_bad_arguments_say_what_to_change(kwargs, match):
         EntropyHistory(**kwargs)
 
 
-def test_a_diverged_entropy_is_an_error_not_a_silent_nan():
-    with pytest.raises(ValueError, match="diverged"):
-        EntropyHistory().append(math.nan)
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_entropy_is_an_error(value):
+    callback = EntropyHistory()
+    with pytest.raises(ValueError, match="RL step 0 is"):
+        callback.append(value)
+    assert callback.history == []
 
 
 def test_a_module_without_the_contract_is_rejected_at_setup(tmp_path):
-    from lightning.pytorch.demos.boring_classes import BoringModel
-
-    with pytest.raises(AttributeError, match="entropy_reference"):
-        make_trainer(tmp_path, callbacks=[EntropyHistory()]).fit(BoringModel())
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[EntropyHistory()])
+    with pytest.raises(AttributeError, match="expose `entropy_reference`.*`train_entropy`"):
+        trainer.fit(BoringModel())
