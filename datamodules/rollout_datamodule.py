@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from datamodules.envs import get_suite
-from datamodules.prompts import TEMPLATE_WORDS, PromptBuilder
+from datamodules.prompts import TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.turn_rows import collate_rows, episodes_to_rows
 from epo_lightning.types import Episode
@@ -85,7 +85,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.tasks_per_step = tasks_per_step
         self.group_size = group_size
         self.max_turns = max_turns
-        self.prompt_builder = PromptBuilder(history_length=history_length)
+        self.prompt_builder = self.suite.prompt(history_length=history_length)
         self.micro_batch_size = micro_batch_size
         self.reward_scale = reward_scale
         self.invalid_action_penalty = invalid_action_penalty
@@ -119,9 +119,17 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_step = int(state_dict.get("rollout_step", 0))
 
     # ------------------------------------------------------------------ what the tiny preset needs
-    def vocabulary(self) -> tuple[str, ...]:
-        """Every word of the environment and the prompt template (for word-level tokenizers)."""
-        return tuple(sorted(set(self.suite.vocabulary()) | set(TEMPLATE_WORDS)))
+    def vocabulary(self, examples: Sequence[tuple[str, Sequence[str]]] = ()) -> tuple[str, ...]:
+        """Every word of the environment, the prompt template and ``examples`` (for word-level tokenizers).
+
+        Words are whitespace-separated pieces, exactly what the tiny preset's ``WhitespaceSplit`` tokenizer sees, so
+        a suite whose observations carry punctuation ("kitchen.") is covered by the prompts of its format-prior play.
+        """
+        words = set(self.suite.vocabulary()) | set(TEMPLATE_WORDS)
+        for prompt, actions in examples:
+            words.update(prompt.split())
+            words.update(word for action in actions for word in action.split())
+        return tuple(sorted(words))
 
     def format_prior_examples(self, num_states: int, seed: int) -> list[tuple[str, list[str]]]:
         """``num_states`` (prompt text, admissible actions) pairs from uniformly random play on the train split."""

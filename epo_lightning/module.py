@@ -144,7 +144,7 @@ class EPOModule(pl.LightningModule):
                 "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
             )
         examples = datamodule.format_prior_examples(self.tiny.prior_states, self.tiny.seed)
-        path = load_or_build_tiny(datamodule.vocabulary(), examples, self.tiny, Path(self.hparams.cache_dir))
+        path = load_or_build_tiny(datamodule.vocabulary(examples), examples, self.tiny, Path(self.hparams.cache_dir))
         return load_policy(path, "float32")
 
     # ------------------------------------------------------------------ what rollouts call

@@ -57,7 +57,7 @@ def tiny_policy_dir(cache_dir: Path) -> Path:
 
     data = RolloutDataModule(**EASY_DATA)
     examples = data.format_prior_examples(TEST_PRESET.prior_states, TEST_PRESET.seed)
-    return load_or_build_tiny(data.vocabulary(), examples, TEST_PRESET, cache_dir)
+    return load_or_build_tiny(data.vocabulary(examples), examples, TEST_PRESET, cache_dir)
 
 
 #: A small rollout setting on the easy suite that trains in a few seconds per epoch.

@@ -1,8 +1,10 @@
 """Environment suites behind one Gymnasium text interface, looked up by name.
 
 A suite provides ``make(**kwargs) -> gymnasium.Env`` (reset with ``options={"split": ...}``, text observations,
-``info["admissible_actions"]``, ``info["won"]``) and ``vocabulary``, every word it can emit (the tiny preset's
-tokenizer is fitted on it). Suites with heavy optional dependencies import them only when made.
+``info["admissible_actions"]``, ``info["won"]``, ``info["task"]``), ``vocabulary``, words it can emit beyond those the
+format-prior play shows (the tiny preset's tokenizer is fitted on both), and ``prompt``, the ``PromptBuilder`` class
+that renders its turns (the plain layout by default; a suite with its own paper prompt subclasses it). Suites with heavy
+optional dependencies import them only when made.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
+from datamodules.prompts import PromptBuilder
+
 
 @dataclass(frozen=True)
 class EnvSuite:
@@ -19,6 +23,7 @@ class EnvSuite:
 
     make: Callable[..., gym.Env]
     vocabulary: Callable[[], tuple[str, ...]]
+    prompt: type[PromptBuilder] = PromptBuilder
 
 
 def _embedded() -> EnvSuite:
