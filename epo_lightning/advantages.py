@@ -1,11 +1,14 @@
-"""GRPO group-normalized advantages (paper Section 3 GRPO advantage; epo-spec 1.1-1.2).
+"""Advantage estimators: GRPO, RLOO, GiGPO and GAE (paper Section 3; epo-spec 1.1-1.3).
 
 verl-agent convention (``compute_mean_std_cross_all_data = True``): the sample unit is one turn-row, every turn-row
-of every trajectory in a group counts in the group's mean and std, and a row's advantage is broadcast to all of its
-response tokens by the loss.
+of every trajectory in a group counts in the group's statistics, and a row's advantage is broadcast to all of its
+response tokens by the loss. A group of one row has no baseline to compare against and gets advantage 0 in every
+group estimator here (verl instead gives it mean 0 and std 1, i.e. its raw score).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,14 +34,157 @@ def grpo_advantages(scores: Tensor, group_index: Tensor, normalize_std: bool = T
         raise ValueError(
             f"scores and group_index must both be 1-D [N], got {tuple(scores.shape)} and {tuple(group_index.shape)}."
         )
-    scores = scores.float() if not scores.is_floating_point() else scores
-    ids, group = torch.unique(group_index, return_inverse=True)
-    n_groups = ids.numel()
-    counts = scores.new_zeros(n_groups).index_add(0, group, torch.ones_like(scores))
-    mean = scores.new_zeros(n_groups).index_add(0, group, scores) / counts
-    centered = scores - mean[group]
+    centered, counts, group = _group_centered(scores, group_index)
     if not normalize_std:
         return centered
     # (counts - 1) is clamped for single-row groups, whose centered score is 0 anyway: no 0 / 0.
-    variance = scores.new_zeros(n_groups).index_add(0, group, centered.square()) / (counts - 1).clamp_min(1.0)
+    variance = centered.new_zeros(counts.numel()).index_add(0, group, centered.square()) / (counts - 1).clamp_min(1.0)
     return centered / (variance.sqrt()[group] + eps)
+
+
+def _group_centered(scores: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``scores - mean_g`` per row, the row count of each group, and each row's group slot."""
+    if scores.shape != group_index.shape or scores.dim() != 1:
+        raise ValueError(
+            f"scores and group_index must both be 1-D [N], got {tuple(scores.shape)} and {tuple(group_index.shape)}."
+        )
+    scores = scores if scores.is_floating_point() else scores.float()
+    ids, group = torch.unique(group_index, return_inverse=True)
+    counts = scores.new_zeros(ids.numel()).index_add(0, group, torch.ones_like(scores))
+    mean = scores.new_zeros(ids.numel()).index_add(0, group, scores) / counts
+    return scores - mean[group], counts, group
+
+
+def rloo_advantages(scores: Tensor, group_index: Tensor) -> Tensor:
+    """REINFORCE leave-one-out: ``A_i = s_i - mean_{j != i in g} s_j = n / (n - 1) * (s_i - mean_g)`` (verl RLOO).
+
+    Args:
+        scores: ``[N]`` one score per turn-row.
+        group_index: ``[N]`` group id per row.
+
+    Returns:
+        ``[N]`` advantages; 0 for a single-row group.
+    """
+    centered, counts, group = _group_centered(scores, group_index)
+    n = counts[group]
+    return torch.where(n > 1, centered * n / (n - 1).clamp_min(1.0), torch.zeros_like(centered))
+
+
+def discounted_returns(rewards: Tensor, traj_index: Tensor, turn_index: Tensor, gamma: float) -> Tensor:
+    """Return-to-go of every row within its trajectory, ``G_t = sum_{t' >= t} gamma^(t' - t) r_t'`` (GiGPO).
+
+    Rows may come in any order; ``turn_index`` orders the rows of a trajectory (turns without a row count 0).
+
+    Args:
+        rewards: ``[N]`` the row's own step reward.
+        traj_index: ``[N]`` trajectory id per row.
+        turn_index: ``[N]`` position of the row's turn in its trajectory.
+        gamma: discount in [0, 1].
+
+    Returns:
+        ``[N]`` discounted returns.
+    """
+    returns = torch.zeros(rewards.shape, dtype=torch.float32, device=rewards.device)
+    trajs, turns, values = traj_index.tolist(), turn_index.tolist(), rewards.tolist()
+    later: dict[int, tuple[int, float]] = {}  # trajectory -> (turn, return) of its latest row seen so far
+    for row in sorted(range(len(values)), key=lambda i: (trajs[i], -turns[i])):  # each trajectory from its end
+        traj, turn = trajs[row], turns[row]
+        value = values[row]
+        if traj in later:
+            next_turn, next_return = later[traj]
+            value += gamma ** (next_turn - turn) * next_return
+        later[traj] = (turn, value)
+        returns[row] = value
+    return returns
+
+
+def gigpo_advantages(
+    episode_scores: Tensor,
+    step_returns: Tensor,
+    group_index: Tensor,
+    anchor_index: Tensor,
+    step_weight: float = 1.0,
+    mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
+    eps: float = 1e-6,
+) -> Tensor:
+    """GiGPO (arXiv 2505.10978; epo-spec 1.3): ``A = A_episode + omega * A_step``.
+
+    ``A_episode`` normalizes the row scores within the episode group (every row counts, as verl-agent's default
+    ``compute_mean_std_cross_steps``); ``A_step`` normalizes the discounted step returns within anchor-state groups,
+    the rows of one episode group that saw the same observation. ``mean_norm`` (GiGPO's default) only subtracts the
+    group mean; ``mean_std_norm`` also divides by the std + eps. Singleton groups get 0 at either level.
+
+    Args:
+        episode_scores: ``[N]`` the row score (the episode's scaled return minus the turn's invalid penalty).
+        step_returns: ``[N]`` discounted return-to-go of the row's turn (``discounted_returns``).
+        group_index: ``[N]`` episode group id per row.
+        anchor_index: ``[N]`` anchor-state id per row (unique across groups).
+        step_weight: omega, the weight of the step level (1.0 in GiGPO).
+        mode: ``"mean_norm"`` or ``"mean_std_norm"``.
+        eps: added to the std.
+
+    Returns:
+        ``[N]`` advantages.
+    """
+    if mode not in ("mean_norm", "mean_std_norm"):
+        raise ValueError(f"GiGPO mode must be 'mean_norm' or 'mean_std_norm', got {mode!r}.")
+    normalize_std = mode == "mean_std_norm"
+    episode = grpo_advantages(episode_scores, group_index, normalize_std=normalize_std, eps=eps)
+    step = grpo_advantages(step_returns, anchor_index, normalize_std=normalize_std, eps=eps)
+    return episode + step_weight * step
+
+
+def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over the masked entries, with the unbiased variance (verl ``masked_whiten``).
+
+    Entries off the mask are transformed too (callers mask them afterwards), as in verl.
+    """
+    mask = mask.to(values.dtype)
+    count = mask.sum()
+    mean = (values * mask).sum() / count
+    variance = ((values - mean).square() * mask).sum() / (count - 1).clamp_min(1.0)
+    return (values - mean) * torch.rsqrt(variance + eps)
+
+
+def gae_advantages(
+    token_rewards: Tensor,
+    values: Tensor,
+    response_mask: Tensor,
+    gamma: float,
+    lam: float,
+    whiten: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation per row over its response tokens (verl ``compute_gae_advantage_return``).
+
+    Walking back over the positions: ``delta_t = r_t + gamma * V_next - V_t`` and
+    ``A_t = delta_t + gamma * lam * A_next``, where "next" skips positions off the mask (prompt and padding), so
+    each row is its own episode with no bootstrap past its last response token (spec 1.2: the EPO code runs GAE per
+    turn-row). ``returns = A + V`` (before whitening).
+
+    Args:
+        token_rewards: ``[B, T]`` rewards (the row reward on its last response token in the EPO code).
+        values: ``[B, T]`` critic values at response positions.
+        response_mask: ``[B, T]`` 1 on response tokens.
+        gamma: discount.
+        lam: GAE lambda.
+        whiten: whiten the advantages over the masked tokens of this batch (verl does); the returns are not.
+
+    Returns:
+        ``(advantages, returns)``, each ``[B, T]``; only their masked entries are meaningful (off the mask they carry
+        the next response position's value, as in verl).
+    """
+    mask = response_mask.to(values.dtype)
+    next_value = values.new_zeros(values.shape[0])
+    next_advantage = values.new_zeros(values.shape[0])
+    columns = []
+    for t in reversed(range(values.shape[1])):
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        next_value = values[:, t] * mask[:, t] + (1 - mask[:, t]) * next_value
+        next_advantage = advantage * mask[:, t] + (1 - mask[:, t]) * next_advantage
+        columns.append(next_advantage)
+    advantages = torch.stack(columns[::-1], dim=1)
+    returns = advantages + values
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns

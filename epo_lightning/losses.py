@@ -18,7 +18,16 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
+from epo_lightning.entropy_controls import (
+    clip_cov_selection,
+    entropy_ratio_outside,
+    entropy_shaped_advantages,
+    kl_cov_selection,
+    token_covariance,
+)
+
 AggMode = Literal["token_mean", "turn_traj_mean"]
+PolicyLossMode = Literal["vanilla", "clip_cov", "kl_cov"]
 KLKind = Literal["k1", "k2", "k3"]
 SmoothingMode = Literal["hinge", "indicator"]
 
@@ -219,6 +228,16 @@ class EPOLossConfig:
         kappa_l: lower corridor factor (0.0 in the paper's experiments).
         kappa_r: upper corridor factor (2.0 in the paper's experiments).
         alpha: smoothing penalty weight (0.05 ScienceWorld, 0.1 ALFWorld).
+        policy_loss: ``vanilla`` clipped PPO, ``clip_cov`` or ``kl_cov`` (``epo_lightning.entropy_controls``).
+        clip_cov_ratio: fraction of response tokens Clip-Cov detaches (verl 2e-4).
+        clip_cov_lb: Clip-Cov's lower covariance bound (verl 1.0).
+        clip_cov_ub: Clip-Cov's upper covariance bound (verl 5.0).
+        kl_cov_ratio: fraction of response tokens KL-Cov penalizes (verl 2e-4).
+        kl_cov_coef: weight of KL-Cov's ``|log r|`` penalty (verl ``ppo_kl_coef`` 1.0).
+        erc_low: Entropy Ratio Clipping's lower bound on ``H / H_old`` (0.95 in its paper); None disables ERC.
+        erc_high: ERC's upper bound (1.05); set both or neither.
+        ea_alpha: entropy-based advantage shaping weight (0.4 in its paper); 0 disables it.
+        ea_kappa: EA's cap divisor: the shaping term is at most ``|A| / kappa`` (2).
     """
 
     clip_low: float = 0.2
@@ -232,6 +251,16 @@ class EPOLossConfig:
     kappa_l: float = 0.0
     kappa_r: float = 2.0
     alpha: float = 0.1
+    policy_loss: PolicyLossMode = "vanilla"
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    kl_cov_coef: float = 1.0
+    erc_low: float | None = None
+    erc_high: float | None = None
+    ea_alpha: float = 0.0
+    ea_kappa: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("clip_low", "clip_high"):
@@ -259,6 +288,26 @@ class EPOLossConfig:
             )
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0 (0 disables the smoothing penalty), got {self.alpha}.")
+        if self.policy_loss not in get_args(PolicyLossMode):
+            raise ValueError(f"policy_loss must be one of {get_args(PolicyLossMode)}, got {self.policy_loss!r}.")
+        if not (0.0 < self.clip_cov_ratio <= 1.0 and 0.0 < self.kl_cov_ratio <= 1.0):
+            raise ValueError(
+                f"clip_cov_ratio and kl_cov_ratio are token fractions in (0, 1] (verl uses 2e-4), got "
+                f"{self.clip_cov_ratio} and {self.kl_cov_ratio}."
+            )
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            raise ValueError(
+                f"need clip_cov_lb < clip_cov_ub (verl: 1 and 5), got {self.clip_cov_lb}, {self.clip_cov_ub}."
+            )
+        if (self.erc_low is None) != (self.erc_high is None):
+            raise ValueError("set both erc_low and erc_high (e.g. 0.95 and 1.05) to enable ERC, or neither.")
+        if self.erc_low is not None and not 0.0 < self.erc_low < 1.0 < self.erc_high:
+            raise ValueError(f"ERC needs 0 < erc_low < 1 < erc_high, got {self.erc_low} and {self.erc_high}.")
+        if self.ea_alpha < 0 or self.ea_kappa <= 1.0:
+            raise ValueError(
+                f"need ea_alpha >= 0 (0 disables EA) and ea_kappa > 1 (so the bonus never flips a negative advantage), "
+                f"got {self.ea_alpha} and {self.ea_kappa}."
+            )
         if self.smoothing == "hinge" and self.alpha * 2.0 >= 1.0:
             warnings.warn(
                 f"alpha={self.alpha} violates Assumption A.4 (alpha * beta_max < 1 with beta_max = 2): above the "
@@ -281,6 +330,8 @@ class EPOStats(NamedTuple):
         approx_kl: token-mean k3 estimate of KL(pi_old || pi_theta), ``mean(r - 1 - log r)`` with ``r = p/p_old``.
         entropy_token_mean: token-mean entropy of the batch (what EntropyHistory records).
         in_corridor_frac: fraction of response tokens with ``kappa_l * h_ref <= H <= kappa_r * h_ref``; 1 without h_ref.
+        cov_selected_frac: fraction of response tokens Clip-Cov detached or KL-Cov penalized; 0 with ``vanilla``.
+        erc_clip_frac: fraction of response tokens ERC stopped the gradient of; 0 without ERC.
     """
 
     loss_total: Tensor
@@ -292,6 +343,8 @@ class EPOStats(NamedTuple):
     approx_kl: Tensor
     entropy_token_mean: Tensor
     in_corridor_frac: Tensor
+    cov_selected_frac: Tensor
+    erc_clip_frac: Tensor
 
 
 def epo_loss(
@@ -305,6 +358,8 @@ def epo_loss(
     h_ref: float | Tensor | None = None,
     beta: float = 1.0,
     ref_logprobs: Tensor | None = None,
+    old_entropy: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, EPOStats]:
     """The EPO loss, paper Eq. 6 (minimized), plus the released code's KL term.
 
@@ -324,6 +379,8 @@ def epo_loss(
         beta: the phase weight beta_k (Eq. 5) from the PhaseScheduler callback.
         ref_logprobs: ``[B, T]`` reference-policy log-probs; required when ``cfg.kl_coef > 0``. When given with
             ``kl_coef == 0`` the KL is computed for logging only.
+        old_entropy: ``[B, T]`` rollout-policy token entropy; required by ERC.
+        generator: random source of Clip-Cov's token draw.
 
     Returns:
         ``(loss, stats)``: the scalar loss with grad, and the detached logged scalars.
@@ -333,12 +390,16 @@ def epo_loss(
             f"kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (log-probs of the frozen reference policy); "
             "pass them or set kl_coef=0."
         )
+    if cfg.erc_low is not None and old_entropy is None:
+        raise ValueError("Entropy Ratio Clipping (erc_low/erc_high) needs old_entropy, the rollout policy's entropy.")
     mask_f = mask.to(logprobs.dtype)
 
     def agg(values: Tensor) -> Tensor:
         return aggregate(values, mask_f, cfg.agg, traj_index)
 
-    pg, clipped = ppo_clip_loss(logprobs, old_logprobs, advantages, mask_f, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+    pg, clipped, cov_selected, erc_outside = _policy_gradient_loss(
+        logprobs, old_logprobs, entropy, advantages, mask_f, cfg, old_entropy, generator
+    )
     loss_pg = agg(pg)
     loss_entropy = agg(entropy)
     loss_smooth = logprobs.new_zeros(())
@@ -368,5 +429,47 @@ def epo_loss(
             approx_kl=approx_kl,
             entropy_token_mean=masked_mean(entropy.detach(), mask_f),
             in_corridor_frac=in_corridor,
+            cov_selected_frac=masked_mean(cov_selected.to(logprobs.dtype), mask_f),
+            erc_clip_frac=masked_mean(erc_outside.to(logprobs.dtype), mask_f),
         )
     return loss, stats
+
+
+def _policy_gradient_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    entropy: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: EPOLossConfig,
+    old_entropy: Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-token policy-gradient loss with the configured entropy controls (spec 12 (b)-(d), (f), (g)).
+
+    Returns the loss ``[B, T]`` and three bool ``[B, T]`` masks: PPO-clipped, covariance-selected, ERC-stopped.
+    """
+    advantages = _per_token(advantages, logprobs).to(logprobs.dtype)
+    if cfg.ea_alpha > 0:
+        advantages = entropy_shaped_advantages(advantages, entropy, cfg.ea_alpha, cfg.ea_kappa)
+    no_tokens = torch.zeros_like(mask, dtype=torch.bool)
+    if cfg.policy_loss == "kl_cov":  # no ratio clipping; a |log r| pull-back on the highest-covariance tokens
+        log_ratio = (logprobs - old_logprobs).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+        selected = kl_cov_selection(token_covariance(logprobs, advantages, mask), mask, cfg.kl_cov_ratio)
+        pg = -advantages * torch.exp(log_ratio) + torch.where(selected, cfg.kl_cov_coef * log_ratio.abs(), 0.0)
+        pg, clipped = torch.where(mask.bool(), pg, torch.zeros_like(pg)), no_tokens
+    else:
+        clip = (cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        pg, clipped = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, *clip)
+        selected = no_tokens
+        if cfg.policy_loss == "clip_cov":  # detach a few random tokens of high covariance
+            covariance = token_covariance(logprobs, advantages, mask)
+            selected = clip_cov_selection(
+                covariance, mask, clipped, cfg.clip_cov_ratio, cfg.clip_cov_lb, cfg.clip_cov_ub, generator
+            )
+            pg = torch.where(selected, torch.zeros_like(pg), pg)
+    outside = no_tokens
+    if cfg.erc_low is not None:  # stop the gradient where the entropy moved too far from the rollout policy's
+        outside = entropy_ratio_outside(entropy, old_entropy, cfg.erc_low, cfg.erc_high) & mask.bool()
+        pg = torch.where(outside, pg.detach(), pg)
+    return pg, clipped, selected, outside

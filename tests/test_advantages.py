@@ -1,4 +1,4 @@
-"""GRPO group-normalized advantages against hand arithmetic and a naive per-group loop."""
+"""Advantage estimators (GRPO, RLOO, GiGPO, discounted returns) against hand arithmetic and naive loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from epo_lightning.advantages import grpo_advantages
+from epo_lightning.advantages import discounted_returns, gigpo_advantages, grpo_advantages, rloo_advantages
 
 
 def naive_grpo(scores, groups, normalize_std, eps=1e-6):
@@ -58,3 +58,59 @@ def test_integer_scores_and_shape_errors():
     assert advantages.dtype == torch.float32 and advantages.tolist() == [0.5, -0.5]
     with pytest.raises(ValueError, match="1-D"):
         grpo_advantages(torch.zeros(3), torch.zeros(4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- RLOO, GiGPO, discounted returns (no verl oracle)
+def test_rloo_is_the_leave_one_out_baseline():
+    scores = torch.tensor([1.0, 0.0, 0.0, 5.0])
+    group = torch.tensor([0, 0, 0, 1])
+    # row 0: 1 - mean(0, 0) = 1; rows 1, 2: 0 - mean(1, 0) = -0.5; the lone row 3 has no baseline
+    torch.testing.assert_close(rloo_advantages(scores, group), torch.tensor([1.0, -0.5, -0.5, 0.0]))
+
+
+def test_discounted_returns_walk_each_trajectory_back_from_its_end_in_any_row_order():
+    rewards = torch.tensor([0.0, 1.0, -0.1, 0.0, 2.0])
+    traj = torch.tensor([0, 0, 0, 1, 1])
+    turn = torch.tensor([2, 3, 0, 0, 1])  # shuffled; trajectory 0 has no row for turn 1 (an empty response)
+    gamma = 0.5
+    expected = torch.tensor([0.0 + 0.5 * 1.0, 1.0, -0.1 + 0.25 * 0.5, 0.0 + 0.5 * 2.0, 2.0])
+    torch.testing.assert_close(discounted_returns(rewards, traj, turn, gamma), expected)
+
+
+def _gigpo_loop(episode_scores, step_returns, groups, anchors, weight, normalize_std):
+    def normalize(values, ids):
+        out = []
+        for i, value in enumerate(values):
+            members = [values[j] for j in range(len(values)) if ids[j] == ids[i]]
+            if len(members) == 1:
+                out.append(0.0)
+                continue
+            mean = sum(members) / len(members)
+            std = (sum((m - mean) ** 2 for m in members) / (len(members) - 1)) ** 0.5
+            out.append((value - mean) / (std + 1e-6) if normalize_std else value - mean)
+        return out
+
+    episode = normalize(episode_scores, groups)
+    step = normalize(step_returns, anchors)
+    return [e + weight * s for e, s in zip(episode, step, strict=True)]
+
+
+@pytest.mark.parametrize("mode", ["mean_norm", "mean_std_norm"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gigpo_matches_a_naive_loop(mode, seed):
+    generator = torch.Generator().manual_seed(seed)
+    rows = 20
+    episode_scores = torch.randint(0, 2, (rows,), generator=generator).float()
+    step_returns = torch.rand(rows, generator=generator)
+    groups = torch.randint(0, 3, (rows,), generator=generator)
+    anchors = groups * 10 + torch.randint(0, 3, (rows,), generator=generator)  # anchors live inside their group
+    ours = gigpo_advantages(episode_scores, step_returns, groups, anchors, step_weight=0.7, mode=mode)
+    expected = _gigpo_loop(
+        episode_scores.tolist(), step_returns.tolist(), groups.tolist(), anchors.tolist(), 0.7, mode == "mean_std_norm"
+    )
+    torch.testing.assert_close(ours, torch.tensor(expected))
+
+
+def test_gigpo_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="mean_norm"):
+        gigpo_advantages(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2), mode="std")
