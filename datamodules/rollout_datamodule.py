@@ -2,7 +2,8 @@
 
 ``train_dataloader()`` runs under ``Trainer(reload_dataloaders_every_n_epochs=1)`` (style-anchors 3.2 pattern B): it
 plays ``tasks_per_step`` tasks with ``group_size`` environments each (a GRPO group shares its task), turns the episodes
-into turn rows, asks the policy for advantages and old log-probs, and returns a sized loader of padded micro-batches.
+into turn rows, has the policy score them (old log-probs, entropy, critic values) and assign their advantages, and
+returns a sized loader of padded micro-batches.
 ``val_dataloader()`` plays held-out tasks of the ``val_iid`` and ``val_ood`` splits with the evaluation temperature.
 
 Every random choice of RL step k (tasks, sampling, shuffling) is seeded from ``(seed, k, rank)``, so a run resumed from
@@ -172,19 +173,13 @@ class RolloutDataModule(pl.LightningDataModule):
         ]
         result = self._play(policy, self._train_envs, tasks, rng.randrange(2**31), evaluation=False)
         rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty)
-        batches = []
-        if rows:
-            advantages = policy.compute_advantages(
-                torch.tensor([row.score for row in rows]), torch.tensor([row.group_id for row in rows])
-            )
-            for row, advantage in zip(rows, advantages.tolist(), strict=True):
-                row.advantage = advantage
-            rng.shuffle(rows)
-            with torch.no_grad():
-                batches = [
-                    policy.score(collate_rows(rows[i : i + self.micro_batch_size], policy.tokenizer.pad_token_id))
-                    for i in range(0, len(rows), self.micro_batch_size)
-                ]
+        rng.shuffle(rows)
+        with torch.no_grad():
+            batches = [
+                policy.score(collate_rows(rows[i : i + self.micro_batch_size], policy.tokenizer.pad_token_id))
+                for i in range(0, len(rows), self.micro_batch_size)
+            ]
+            policy.assign_advantages(batches)  # over the whole step: group baselines and whitening span every batch
         self.rollout_stats = rollout_statistics(result, len(rows))
         self.transcripts = [render_transcript(e) for e in result.episodes[: self.num_transcripts]]
         self.rollout_step = step + 1

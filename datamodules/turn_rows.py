@@ -12,7 +12,18 @@ from epo_lightning.types import Episode, TurnBatch
 
 @dataclass
 class TurnRow:
-    """One training row: a turn's prompt and response ids, its score and (later) its advantage."""
+    """One training row: a turn's prompt and response ids and what every advantage estimator needs of it.
+
+    Attributes:
+        prompt_ids: the prompt the turn saw.
+        response_ids: the tokens it generated.
+        score: the row reward, ``reward_scale * episode_return`` minus the turn's invalid-action penalty (spec 1.2).
+        group_id: the task group (rows of episodes started from the same task).
+        traj_id: the episode.
+        turn_index: position of the turn in its episode.
+        step_reward: this turn's own reward, ``reward_scale * r_t`` minus its invalid penalty (GiGPO's step level).
+        anchor_id: the same id for rows of one group that saw the same observation (GiGPO's anchor states).
+    """
 
     prompt_ids: list[int]
     response_ids: list[int]
@@ -20,16 +31,19 @@ class TurnRow:
     group_id: int
     traj_id: int
     turn_index: int
-    advantage: float = 0.0
+    step_reward: float
+    anchor_id: int
 
 
 def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_penalty: float) -> list[TurnRow]:
     """Every turn of every error-free episode becomes a row scored with its episode's return.
 
     score = reward_scale * episode_return - invalid_penalty * [turn invalid]   (the EPO code's row reward, spec 1.2)
-    Rows with an empty response (nothing to train) are skipped; environment-error episodes are dropped.
+    Rows with an empty response (nothing to train) are skipped; environment-error episodes are dropped. Rows of one
+    group whose turn saw the same observation share an ``anchor_id`` (GiGPO's anchor-state groups).
     """
     rows = []
+    anchors: dict[tuple[int, str], int] = {}
     for traj_id, episode in enumerate(episodes):
         if episode.env_error:
             continue
@@ -37,8 +51,20 @@ def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_p
         for turn in episode.turns:
             if not turn.response_ids:
                 continue
-            score = episode_score - (0.0 if turn.valid else invalid_penalty)
-            rows.append(TurnRow(turn.prompt_ids, turn.response_ids, score, episode.group_id, traj_id, turn.turn_index))
+            penalty = 0.0 if turn.valid else invalid_penalty
+            anchor = anchors.setdefault((episode.group_id, turn.observation), len(anchors))
+            rows.append(
+                TurnRow(
+                    prompt_ids=turn.prompt_ids,
+                    response_ids=turn.response_ids,
+                    score=episode_score - penalty,
+                    group_id=episode.group_id,
+                    traj_id=traj_id,
+                    turn_index=turn.turn_index,
+                    step_reward=reward_scale * turn.reward - penalty,
+                    anchor_id=anchor,
+                )
+            )
     return rows
 
 
@@ -57,7 +83,10 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=response_mask,
-        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
         turn_index=torch.tensor([r.turn_index for r in rows]),
         traj_index=torch.tensor([r.traj_id for r in rows]),
+        group_index=torch.tensor([r.group_id for r in rows]),
+        anchor_index=torch.tensor([r.anchor_id for r in rows]),
+        scores=torch.tensor([r.score for r in rows], dtype=torch.float32),
+        step_rewards=torch.tensor([r.step_reward for r in rows], dtype=torch.float32),
     )

@@ -1,12 +1,14 @@
-"""``EPOModule``: the policy, its frozen reference, and the EPO objective wired into Lightning.
+"""``EPOModule``: the policy, its frozen reference, the optional PPO critic, and the EPO objective wired into Lightning.
 
 The objective itself is pure tensor math in ``epo_lightning.losses`` (paper Eq. 6):
 
-    loss = L_pg - lambda * (L_H - beta_k * L_smooth) + c_kl * KL
+    loss = L_pg - lambda * (L_H - beta_k * L_smooth) + c_kl * KL   (+ the critic's value loss with ``advantage=gae``)
 
-This module only computes log-probs and entropy at response positions, calls the loss, and logs. The entropy
-reference ``H_ref`` and the phase weight ``beta_k`` are plain attributes that callbacks set (``EntropyHistory`` and
-``PhaseScheduler``); without those callbacks the module trains with ``beta = 1`` and no smoothing term.
+and the advantage estimators in ``epo_lightning.advantages`` (GRPO, RLOO, GiGPO, GAE; spec 1.1-1.3). This module
+computes log-probs, entropy and values at response positions, calls them, and logs. The entropy reference ``H_ref``,
+the phase weight ``beta_k`` and the entropy coefficient ``entropy_coef`` are plain attributes that callbacks set
+(``EntropyHistory``, ``PhaseScheduler``, ``AdaptiveEntropyCoef``); without those callbacks the module trains with
+``beta = 1``, a fixed lambda and no smoothing term.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,30 +28,55 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from epo_lightning.advantages import grpo_advantages
+from epo_lightning.advantages import (
+    discounted_returns,
+    gae_advantages,
+    gigpo_advantages,
+    grpo_advantages,
+    masked_whiten,
+    rloo_advantages,
+)
+from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import generate_responses, load_policy
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
+from epo_lightning.turn_entropy import TurnEntropy
 from epo_lightning.types import TurnBatch
 
+AdvantageEstimator = Literal["grpo", "grpo_mean", "rloo", "gigpo", "gae"]
 VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
+#: The per-row facts ``row_advantages`` takes, in its argument order.
+_ROW_FIELDS = ("scores", "group_index", "traj_index", "turn_index", "anchor_index", "step_rewards")
 
 
 class EPOModule(pl.LightningModule):
-    """GRPO + EPO for multi-turn LLM agents (arXiv 2509.22576).
+    """EPO on top of GRPO, RLOO, GiGPO or PPO for multi-turn LLM agents (arXiv 2509.22576).
 
     Args:
         policy: ``"tiny"`` for the built-in CPU preset, or a Hugging Face hub id / local directory of a causal LM.
         tiny: size and format-prior budget of the ``tiny`` preset.
         dtype: parameter dtype of a pretrained policy (``float32`` on CPU; ``bfloat16`` on GPU).
         cache_dir: where the tiny preset is built once and reused.
-        optimizer: optimizer factory, chosen in YAML (AdamW by default).
-        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        optimizer: optimizer factory, chosen in YAML (AdamW by default). With a critic it gets two parameter groups,
+            the policy's and the critic's (at ``critic_lr``): one AdamW over two groups updates each parameter exactly
+            as two AdamWs would, since Adam's state is per parameter.
+        lr_scheduler: optional scheduler factory.
+        lr_interval: step the scheduler every optimizer ``step`` or every RL step (``epoch``, as verl does).
         temperature: sampling temperature of training rollouts; log-probs are scored at the same temperature.
         val_temperature: sampling temperature of evaluation episodes (0.4 in the paper; 0 = greedy).
         max_new_tokens: response budget per turn.
-        advantage: ``grpo`` (group mean and std, spec 1.1) or ``grpo_mean`` (mean only, no std division).
+        advantage: ``grpo`` (group mean and std, spec 1.1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
+            group baseline), ``gigpo`` (episode groups plus anchor-state step groups, spec 1.3) or ``gae`` (PPO with
+            a critic, spec 1.2).
+        gamma: discount of GAE and of GiGPO's step returns (1.0 in the EPO code; GiGPO uses 0.95).
+        gae_lambda: GAE lambda (1.0 in the EPO code).
+        whiten_advantages: whiten GAE advantages over the RL step's response tokens (verl ``masked_whiten``).
+        gigpo_step_weight: omega, the weight of GiGPO's step-level advantage.
+        gigpo_mode: ``mean_norm`` (subtract the group mean, GiGPO's default) or ``mean_std_norm``.
+        critic_lr: learning rate of the critic's parameter group; None uses the optimizer's learning rate (as the
+            EPO code does).
+        value_clip: verl's ``cliprange_value`` for the clipped value loss (0.5); None disables clipping.
         clip_low: PPO lower clip epsilon.
         clip_high: PPO upper clip epsilon (0.28 gives DAPO's Clip-Higher).
         dual_clip: dual-clip constant c for negative advantages (None disables).
@@ -61,8 +88,22 @@ class EPOModule(pl.LightningModule):
         kappa_l: lower corridor factor on H_ref.
         kappa_r: upper corridor factor on H_ref.
         alpha: corridor penalty weight (0.1 ALFWorld, 0.05 ScienceWorld).
+        smoothing_gate_turn: apply the smoothing term only to micro-batches holding a row of this turn index or
+            later (the released code's gate, always 25 there; spec 3.3); None applies it everywhere (the paper).
+        policy_loss: ``vanilla`` (clipped PPO), ``clip_cov`` or ``kl_cov`` (arXiv 2505.22617).
+        clip_cov_ratio: fraction of tokens Clip-Cov detaches (verl 2e-4).
+        clip_cov_lb: lower covariance bound of Clip-Cov's candidates (verl 1.0).
+        clip_cov_ub: upper covariance bound of Clip-Cov's candidates (verl 5.0).
+        kl_cov_ratio: fraction of highest-covariance tokens KL-Cov penalizes (verl 2e-4).
+        kl_cov_coef: weight of KL-Cov's ``|log r|`` penalty (verl ``ppo_kl_coef`` 1.0).
+        erc_low: Entropy Ratio Clipping lower bound on ``H / H_old`` (arXiv 2512.05591 uses 0.95); None disables.
+        erc_high: Entropy Ratio Clipping upper bound (1.05); set both or neither.
+        ea_alpha: entropy-based advantage shaping weight (arXiv 2506.14758 uses 0.4); 0 disables.
+        ea_kappa: EA's cap, the shaping term is at most ``|A| / kappa`` (2).
         logprob_chunk_size: response positions per vocabulary projection chunk.
         max_logged_turns: per-turn entropy is logged as ``entropy/turn_<t>`` for t below this.
+        max_tracked_turns: turn-index slots of the per-turn entropy the per-turn reference uses (later turns share
+            the last slot); at least the environment's turn limit.
     """
 
     def __init__(
@@ -73,10 +114,18 @@ class EPOModule(pl.LightningModule):
         cache_dir: str = "~/.cache/epo_lightning",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lr_interval: Literal["step", "epoch"] = "step",
         temperature: float = 1.0,
         val_temperature: float = 0.4,
         max_new_tokens: int = 8,
-        advantage: Literal["grpo", "grpo_mean"] = "grpo",
+        advantage: AdvantageEstimator = "grpo",
+        gamma: float = 1.0,
+        gae_lambda: float = 1.0,
+        whiten_advantages: bool = True,
+        gigpo_step_weight: float = 1.0,
+        gigpo_mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
+        critic_lr: float | None = None,
+        value_clip: float | None = 0.5,
         clip_low: float = 0.2,
         clip_high: float = 0.2,
         dual_clip: float | None = 3.0,
@@ -88,14 +137,34 @@ class EPOModule(pl.LightningModule):
         kappa_l: float = 0.0,
         kappa_r: float = 2.0,
         alpha: float = 0.1,
+        smoothing_gate_turn: int | None = None,
+        policy_loss: Literal["vanilla", "clip_cov", "kl_cov"] = "vanilla",
+        clip_cov_ratio: float = 2e-4,
+        clip_cov_lb: float = 1.0,
+        clip_cov_ub: float = 5.0,
+        kl_cov_ratio: float = 2e-4,
+        kl_cov_coef: float = 1.0,
+        erc_low: float | None = None,
+        erc_high: float | None = None,
+        ea_alpha: float = 0.0,
+        ea_kappa: float = 2.0,
         logprob_chunk_size: int = 1024,
         max_logged_turns: int = 16,
+        max_tracked_turns: int = 64,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"model.temperature must be > 0 for sampled training rollouts, got {temperature}.")
         if val_temperature < 0 or max_new_tokens < 1:
             raise ValueError("model.val_temperature must be >= 0 and model.max_new_tokens >= 1.")
+        if not (0.0 <= gamma <= 1.0 and 0.0 <= gae_lambda <= 1.0):
+            raise ValueError(f"model.gamma and model.gae_lambda must be in [0, 1], got {gamma} and {gae_lambda}.")
+        if critic_lr is not None and advantage != "gae":
+            raise ValueError(f"model.critic_lr only applies to advantage='gae' (the critic), not {advantage!r}.")
+        if value_clip is not None and value_clip <= 0:
+            raise ValueError(f"model.value_clip must be > 0, or null to disable value clipping; got {value_clip}.")
+        if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
+            raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny"])
         self.tiny = tiny or TinyPreset()
         self.hparams["tiny"] = asdict(self.tiny)  # plain types only: checkpoints load with weights_only=True
@@ -111,17 +180,35 @@ class EPOModule(pl.LightningModule):
             kappa_l=kappa_l,
             kappa_r=kappa_r,
             alpha=alpha,
+            policy_loss=policy_loss,
+            clip_cov_ratio=clip_cov_ratio,
+            clip_cov_lb=clip_cov_lb,
+            clip_cov_ub=clip_cov_ub,
+            kl_cov_ratio=kl_cov_ratio,
+            kl_cov_coef=kl_cov_coef,
+            erc_low=erc_low,
+            erc_high=erc_high,
+            ea_alpha=ea_alpha,
+            ea_kappa=ea_kappa,
         )
         self.policy_name = policy
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.model: torch.nn.Module | None = None
         self.ref_model: torch.nn.Module | None = None
+        self.critic: ValueModel | None = None
         self.tokenizer: Any = None
-        # Set by callbacks (EntropyHistory, PhaseScheduler); read by training_step.
-        self.entropy_reference: float | None = None
+        # Set by callbacks (EntropyHistory, PhaseScheduler, AdaptiveEntropyCoef); read by training_step. A tensor
+        # reference holds one value per turn index (the released code's per-turn history).
+        self.entropy_reference: float | Tensor | None = None
         self.beta: float = 1.0
+        self.entropy_coef: float = entropy_coef
+        # Entropy of the rollout policy on this RL step's rows (filled while scoring them) and of the policy being
+        # trained (filled by training_step): the values EntropyHistory records.
+        self.rollout_entropy = MeanMetric()
+        self.rollout_turn_entropy = TurnEntropy(max_tracked_turns)
         self.train_entropy = MeanMetric()
+        self.train_turn_entropy = TurnEntropy(max_tracked_turns)
         self.val_success = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self.val_episode_len = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self._epoch_start = 0.0
@@ -133,6 +220,8 @@ class EPOModule(pl.LightningModule):
             self.model, self.tokenizer = self._load_policy()
             if self.loss_config.kl_coef > 0:
                 self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            if self.hparams.advantage == "gae":
+                self.critic = ValueModel(self.model)
 
     def _load_policy(self) -> tuple[torch.nn.Module, Any]:
         if self.policy_name != "tiny":
@@ -153,18 +242,81 @@ class EPOModule(pl.LightningModule):
         temperature = self.hparams.val_temperature if evaluation else self.hparams.temperature
         return generate_responses(self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens)
 
-    def compute_advantages(self, scores: Tensor, group_index: Tensor) -> Tensor:
-        """Per-row advantages from per-row scores (GRPO group normalisation, spec 1.1-1.2)."""
-        return grpo_advantages(scores, group_index, normalize_std=self.hparams.advantage == "grpo")
-
     @torch.no_grad()
     def score(self, batch: TurnBatch) -> TurnBatch:
-        """Fill the rollout policy's log-probs and entropy (and the reference log-probs when KL is on)."""
+        """Fill the rollout policy's log-probs and entropy, the reference log-probs (KL) and the critic values (GAE)."""
         batch = batch.to(self.device)
         batch.old_logprobs, batch.old_entropy = self._logprobs(self.model, batch)
         if self.ref_model is not None:
             batch.ref_logprobs, _ = self._logprobs(self.ref_model, batch)
+        if self.critic is not None:
+            batch.old_values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
         return batch
+
+    @torch.no_grad()
+    def assign_advantages(self, batches: Sequence[TurnBatch]) -> None:
+        """Set ``advantages`` (and ``returns`` for GAE) of one RL step's scored batches, in place.
+
+        Group baselines (GRPO, RLOO, GiGPO) and GAE whitening span every batch of the step, as verl computes them
+        over the whole rollout batch before splitting it into micro-batches. Also records the step's rollout entropy
+        (``rollout_entropy``, ``rollout_turn_entropy``) for callbacks.
+        """
+        self.rollout_entropy.reset()
+        self.rollout_turn_entropy.reset()
+        for batch in batches:
+            self.rollout_entropy.update(batch.old_entropy[batch.response_mask.bool()])
+            self.rollout_turn_entropy.update(batch.old_entropy, batch.response_mask, batch.turn_index)
+        if not batches:
+            return
+        if self.hparams.advantage == "gae":
+            self._assign_gae(batches)
+            return
+        advantages = self.row_advantages(*(torch.cat([getattr(b, name) for b in batches]) for name in _ROW_FIELDS))
+        for batch, chunk in zip(batches, advantages.split([len(b) for b in batches]), strict=True):
+            batch.advantages = chunk
+
+    def row_advantages(
+        self,
+        scores: Tensor,
+        group_index: Tensor,
+        traj_index: Tensor,
+        turn_index: Tensor,
+        anchor_index: Tensor,
+        step_rewards: Tensor,
+    ) -> Tensor:
+        """Per-row advantages ``[N]`` of the critic-free estimators (spec 1.1-1.3) from the rows' facts ``[N]``."""
+        estimator = self.hparams.advantage
+        if estimator in ("grpo", "grpo_mean"):
+            return grpo_advantages(scores, group_index, normalize_std=estimator == "grpo")
+        if estimator == "rloo":
+            return rloo_advantages(scores, group_index)
+        if estimator == "gigpo":
+            step_returns = discounted_returns(step_rewards, traj_index, turn_index, self.hparams.gamma)
+            return gigpo_advantages(
+                scores,
+                step_returns,
+                group_index,
+                anchor_index,
+                step_weight=self.hparams.gigpo_step_weight,
+                mode=self.hparams.gigpo_mode,
+            )
+        raise ValueError(f"advantage {estimator!r} needs the critic's values; it is assigned per token.")
+
+    def _assign_gae(self, batches: Sequence[TurnBatch]) -> None:
+        """GAE per row with the row reward on its last response token (spec 1.2), whitened over the whole step."""
+        for batch in batches:
+            mask = batch.response_mask
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
+            rows = torch.arange(len(batch), device=mask.device)
+            rewards = torch.zeros_like(mask).index_put((rows, last), batch.scores)
+            batch.advantages, batch.returns = gae_advantages(
+                rewards, batch.old_values, mask, self.hparams.gamma, self.hparams.gae_lambda, whiten=False
+            )
+        if self.hparams.whiten_advantages:
+            flat = torch.cat([b.advantages[b.response_mask.bool()] for b in batches])
+            whitened = masked_whiten(flat, torch.ones_like(flat)).split([int(b.response_mask.sum()) for b in batches])
+            for batch, values in zip(batches, whitened, strict=True):
+                batch.advantages = torch.zeros_like(batch.advantages).masked_scatter(batch.response_mask.bool(), values)
 
     def _logprobs(self, model: torch.nn.Module, batch: TurnBatch) -> tuple[Tensor, Tensor]:
         return response_logprobs_and_entropy(
@@ -187,13 +339,16 @@ class EPOModule(pl.LightningModule):
             batch.advantages,
             batch.response_mask,
             batch.traj_index,
-            self.loss_config,
-            h_ref=self.entropy_reference,
+            replace(self.loss_config, entropy_coef=self.entropy_coef),
+            h_ref=self._row_reference(batch),
             beta=self.beta,
             ref_logprobs=batch.ref_logprobs,
+            old_entropy=batch.old_entropy,
+            generator=self._generator(batch_idx),
         )
         tokens = batch.response_mask.sum()
         self.train_entropy.update(stats.entropy_token_mean, weight=tokens)
+        self.train_turn_entropy.update(entropy.detach(), batch.response_mask, batch.turn_index)
         size = len(batch)
         log = {
             "loss/total": stats.loss_total,
@@ -204,14 +359,46 @@ class EPOModule(pl.LightningModule):
             "ppo/clip_frac": stats.clip_frac,
             "ppo/approx_kl": stats.approx_kl,
             "entropy/in_corridor_frac": stats.in_corridor_frac,
+            "entropy/coef": self.entropy_coef,
             "phase/beta": self.beta,
         }
+        if self.loss_config.policy_loss != "vanilla":
+            log["ppo/cov_selected_frac"] = stats.cov_selected_frac
+        if self.loss_config.erc_low is not None:
+            log["ppo/erc_clip_frac"] = stats.erc_clip_frac
+        if self.critic is not None:
+            values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
+            loss_value, value_clip_frac = value_loss(
+                values, batch.old_values, batch.returns, batch.response_mask, self.hparams.value_clip
+            )
+            loss = loss + loss_value
+            log["critic/value_loss"] = loss_value.detach()
+            log["critic/clip_frac"] = value_clip_frac
+            log["critic/explained_variance"] = explained_variance(values.detach(), batch.returns, batch.response_mask)
         self.log_dict(log, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log("entropy/token_mean", self.train_entropy, on_step=False, on_epoch=True)
-        if self.entropy_reference is not None:
-            self.log("entropy/reference", float(self.entropy_reference), on_step=False, on_epoch=True, batch_size=size)
+        reference = self.entropy_reference
+        if reference is not None:  # a per-turn reference is logged as its mean over the turn indices seen
+            value = float(reference.nanmean()) if isinstance(reference, Tensor) else float(reference)
+            self.log("entropy/reference", value, on_step=False, on_epoch=True, batch_size=size)
         self._log_turn_entropy(entropy.detach(), batch)
         return loss
+
+    def _row_reference(self, batch: TurnBatch) -> float | Tensor | None:
+        """H_ref for this micro-batch: None when gated off, per row when the reference is per turn index."""
+        reference = self.entropy_reference
+        gate = self.hparams.smoothing_gate_turn
+        if reference is None or (gate is not None and not bool((batch.turn_index >= gate).any())):
+            return None
+        if isinstance(reference, Tensor):
+            return reference.to(self.device)[batch.turn_index.clamp(max=reference.numel() - 1)]
+        return reference
+
+    def _generator(self, batch_idx: int) -> torch.Generator | None:
+        """Clip-Cov's random token choice, seeded from the step so a resumed run draws what the original did."""
+        if self.loss_config.policy_loss != "clip_cov":
+            return None
+        return torch.Generator(device=self.device).manual_seed(self.global_step * 100_003 + batch_idx)
 
     def _log_turn_entropy(self, entropy: Tensor, batch: TurnBatch) -> None:
         row_tokens = batch.response_mask.sum(dim=1)
@@ -241,6 +428,7 @@ class EPOModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self.train_entropy.reset()
+        self.train_turn_entropy.reset()
         datamodule = getattr(self.trainer, "datamodule", None)
         stats = getattr(datamodule, "rollout_stats", {})
         if stats:
@@ -276,10 +464,34 @@ class EPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.model.parameters())
+        params: Any = self.model.parameters()
+        if self.critic is not None:
+            critic_group = {"params": list(self.critic.parameters())}
+            if self.hparams.critic_lr is not None:
+                critic_group["lr"] = self.hparams.critic_lr
+            params = [{"params": list(self.model.parameters())}, critic_group]
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.lr_interval},
         }
+
+    @override
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the policy's and the critic's gradients separately (verl clips each model's own norm)."""
+        if self.critic is None or gradient_clip_val is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        for name, module in (("policy", self.model), ("critic", self.critic)):
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(module.parameters(), gradient_clip_val)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(module.parameters(), gradient_clip_val)
+                self.log(f"grad_norm/{name}", norm, on_step=False, on_epoch=True, batch_size=1)

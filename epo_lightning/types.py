@@ -65,27 +65,42 @@ class Episode:
 class TurnBatch:
     """A padded micro-batch of turn rows, the unit of ``training_step``. Shapes: B rows, L tokens.
 
+    Collation fills the token tensors and the per-row facts; ``EPOModule.score`` then adds what the rollout policy
+    (and reference and critic) say of the rows, and ``EPOModule.assign_advantages`` the advantages.
+
     Attributes:
         input_ids: ``[B, L]`` prompt followed by response ids, right padded.
         attention_mask: ``[B, L]`` 1 on real tokens.
         response_mask: ``[B, L]`` 1 on response tokens (the ones trained on).
-        advantages: ``[B]`` per-row advantage, broadcast to the row's response tokens.
         turn_index: ``[B]`` turn position within its episode.
         traj_index: ``[B]`` trajectory id, shared by the rows of one episode (for trajectory-level aggregation).
+        group_index: ``[B]`` task group id (GRPO / RLOO / GiGPO groups).
+        anchor_index: ``[B]`` anchor-state id: rows of one group that saw the same observation share it (GiGPO).
+        scores: ``[B]`` row reward: episode score minus the turn's invalid-action penalty (spec 1.2).
+        step_rewards: ``[B]`` the turn's own scaled reward minus its invalid-action penalty.
+        advantages: ``[B]`` per-row advantage broadcast to the row's tokens, or ``[B, L]`` per token (GAE).
         old_logprobs: ``[B, L]`` log-probs of the rollout policy at response positions (0 elsewhere).
         old_entropy: ``[B, L]`` token entropy of the rollout policy at response positions.
         ref_logprobs: ``[B, L]`` log-probs of the frozen reference policy, when a KL term is used.
+        old_values: ``[B, L]`` critic values at response positions before the update (PPO with GAE).
+        returns: ``[B, L]`` GAE returns, the critic's regression targets.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     response_mask: Tensor
-    advantages: Tensor
     turn_index: Tensor
     traj_index: Tensor
+    group_index: Tensor
+    anchor_index: Tensor
+    scores: Tensor
+    step_rewards: Tensor
+    advantages: Tensor | None = None
     old_logprobs: Tensor | None = None
     old_entropy: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    old_values: Tensor | None = None
+    returns: Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -1,0 +1,182 @@
+"""Every advantage estimator and entropy control of the objective menu, through the real module and Trainer."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from callbacks import AdaptiveEntropyCoef, EntropyHistory, PhaseScheduler
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.critic import ValueModel
+from epo_lightning.module import EPOModule
+from epo_lightning.types import TurnBatch
+from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+
+def _fit(cache_dir, tmp_path, callbacks=(), epochs=2, **kwargs):
+    module = EPOModule(
+        tiny=TEST_PRESET, cache_dir=str(cache_dir), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **kwargs
+    )
+    trainer = make_trainer(tmp_path, max_epochs=epochs, limit_val_batches=0, callbacks=list(callbacks))
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    return module, trainer.callback_metrics
+
+
+MENU = {
+    "grpo": ({"advantage": "grpo"}, []),
+    "rloo": ({"advantage": "rloo"}, []),
+    "gigpo": ({"advantage": "gigpo", "gamma": 0.95}, []),
+    "gigpo_std": ({"advantage": "gigpo", "gigpo_mode": "mean_std_norm"}, []),
+    "ppo_gae": (
+        {"advantage": "gae", "critic_lr": 2e-3},
+        ["critic/value_loss", "critic/explained_variance", "critic/clip_frac"],
+    ),
+    "clip_higher": ({"clip_high": 0.28}, ["ppo/clip_frac"]),
+    "clip_cov": ({"policy_loss": "clip_cov", "clip_cov_ratio": 0.2, "clip_cov_lb": -5.0}, ["ppo/cov_selected_frac"]),
+    "kl_cov": ({"policy_loss": "kl_cov", "kl_cov_ratio": 0.2}, ["ppo/cov_selected_frac"]),
+    "erc": ({"erc_low": 0.95, "erc_high": 1.05, "clip_high": 0.28}, ["ppo/erc_clip_frac"]),
+    "entropy_advantage": ({"ea_alpha": 0.4, "ea_kappa": 2.0}, []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MENU))
+def test_each_estimator_and_entropy_control_trains_and_logs_its_diagnostics(name, cache_dir, tiny_policy_dir, tmp_path):
+    kwargs, diagnostics = MENU[name]
+    module, metrics = _fit(cache_dir, tmp_path, callbacks=[EntropyHistory(), PhaseScheduler()], **kwargs)
+    for key in ("loss/total", "loss/pg", "entropy/token_mean", "entropy/reference", *diagnostics):
+        assert key in metrics, key
+        assert math.isfinite(float(metrics[key])), key
+    assert float(metrics["loss/pg"]) != 0.0  # the advantages carried a signal into the loss
+    if "ppo/cov_selected_frac" in diagnostics:
+        assert float(metrics["ppo/cov_selected_frac"]) > 0
+
+
+def test_adaptive_coefficient_moves_lambda_in_a_real_fit(cache_dir, tiny_policy_dir, tmp_path):
+    callback = AdaptiveEntropyCoef(target_ratio=10.0, lr=0.5)  # a target far above: lambda must grow every step
+    module, metrics = _fit(cache_dir, tmp_path, callbacks=[callback], epochs=3, entropy_coef=1e-3)
+    assert module.entropy_coef > 1e-3 * math.exp(0.5 * 0.8)  # two updates of gap ~0.9 each
+    assert float(metrics["entropy/coef"]) == pytest.approx(module.entropy_coef)
+    assert float(metrics["entropy/target"]) == pytest.approx(callback.target)
+
+
+def _tiny_llama() -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_value_model_starts_as_the_policy_backbone_and_reads_the_state_before_each_token():
+    policy = _tiny_llama()
+    critic = ValueModel(policy)
+    backbone = critic.backbone.state_dict()
+    assert all(torch.equal(value, backbone[key]) for key, value in policy.get_decoder().state_dict().items())
+    ids = torch.randint(0, 32, (2, 5))
+    attention = torch.ones_like(ids)
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0]])
+    assert critic(ids, attention, mask).abs().sum() == 0  # zero head: first advantages are the raw rewards
+    torch.nn.init.normal_(critic.head.weight)
+    hidden = critic.backbone(input_ids=ids, attention_mask=attention).last_hidden_state
+    expected = critic.head(hidden).squeeze(-1)[:, :-1] * mask[:, 1:]  # V of token t from the hidden state at t - 1
+    torch.testing.assert_close(critic(ids, attention, mask)[:, 1:], expected)
+
+
+def test_policy_and_critic_get_their_own_learning_rates():
+    module = EPOModule(advantage="gae", critic_lr=5e-3, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module.model = _tiny_llama()
+    module.critic = ValueModel(module.model)
+    optimizer = module.configure_optimizers()
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 5e-3]
+    assert len(optimizer.param_groups[1]["params"]) == len(list(module.critic.parameters()))
+
+
+def test_ppo_clips_policy_and_critic_gradients_separately(cache_dir, tiny_policy_dir, tmp_path):
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), advantage="gae")
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0, gradient_clip_val=0.5)
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert {"grad_norm/policy", "grad_norm/critic"} <= set(trainer.callback_metrics)
+    assert float(trainer.callback_metrics["grad_norm/critic"]) > 0
+
+
+def _batch(scores, values, mask, turn_index=None):
+    rows = len(scores)
+    turn_index = torch.zeros(rows, dtype=torch.long) if turn_index is None else turn_index
+    zeros = torch.zeros(rows, dtype=torch.long)
+    return TurnBatch(
+        input_ids=torch.zeros(mask.shape, dtype=torch.long),
+        attention_mask=torch.ones(mask.shape, dtype=torch.long),
+        response_mask=mask,
+        turn_index=turn_index,
+        traj_index=torch.arange(rows),
+        group_index=zeros,
+        anchor_index=torch.arange(rows),
+        scores=torch.tensor(scores),
+        step_rewards=torch.tensor(scores),
+        old_entropy=torch.ones(mask.shape),
+        old_values=values,
+    )
+
+
+def test_gae_with_unit_gamma_and_lambda_is_reward_minus_value_whitened_over_the_whole_step():
+    module = EPOModule(advantage="gae")
+    mask_a = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    mask_b = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    a = _batch([1.0, 0.0], torch.tensor([[0.0, 0.5, 0.25], [0.0, -0.5, 0.0]]), mask_a)
+    b = _batch([2.0], torch.tensor([[0.0, 0.0, 1.0, 3.0]]), mask_b)
+    module.assign_advantages([a, b])
+    raw = torch.tensor([1.0 - 0.5, 1.0 - 0.25, 0.0 + 0.5, 2.0 - 1.0, 2.0 - 3.0])  # R_row - V_t, token by token
+    whitened = (raw - raw.mean()) / torch.sqrt(raw.var() + 1e-8)
+    torch.testing.assert_close(torch.cat([a.advantages[mask_a.bool()], b.advantages[mask_b.bool()]]), whitened)
+    torch.testing.assert_close(a.returns[mask_a.bool()], torch.tensor([1.0, 1.0, 0.0]))  # returns = A + V = R
+    assert a.advantages[~mask_a.bool()].abs().sum() == 0
+
+
+def test_critic_free_advantages_span_every_batch_of_the_step():
+    module = EPOModule(advantage="grpo_mean")
+    mask = torch.tensor([[0.0, 1.0]])
+    batches = [_batch([1.0], None, mask), _batch([0.0], None, mask), _batch([0.0], None, mask)]
+    module.assign_advantages(batches)  # one group of three rows spread over three micro-batches
+    assert [float(b.advantages) for b in batches] == pytest.approx([2 / 3, -1 / 3, -1 / 3])
+
+
+def test_per_turn_reference_is_looked_up_per_row_and_the_gate_switches_it_off():
+    module = EPOModule(smoothing_gate_turn=2)
+    module.entropy_reference = torch.tensor([1.0, 2.0, 3.0])
+    mask = torch.ones(3, 2)
+    early = _batch([0.0, 0.0, 0.0], None, mask, turn_index=torch.tensor([0, 1, 1]))
+    late = _batch([0.0, 0.0, 0.0], None, mask, turn_index=torch.tensor([0, 2, 7]))
+    assert module._row_reference(early) is None  # no row from turn 2 on: the code's gate
+    torch.testing.assert_close(module._row_reference(late), torch.tensor([1.0, 3.0, 3.0]))  # turn 7 -> last slot
+
+
+def test_reference_code_callbacks_feed_a_per_turn_reference_from_step_zero(cache_dir, tiny_policy_dir, tmp_path):
+    seen = []
+
+    class Recording(EPOModule):
+        def training_step(self, batch, batch_idx):
+            seen.append(self.entropy_reference)
+            return super().training_step(batch, batch_idx)
+
+    module = Recording(tiny=TEST_PRESET, cache_dir=str(cache_dir), smoothing="indicator", smoothing_gate_turn=1)
+    history = EntropyHistory(per_turn=True, include_current=True)
+    trainer = make_trainer(
+        tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[history, PhaseScheduler("code_piecewise")]
+    )
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert isinstance(seen[0], torch.Tensor) and len(history.history) == 2
+    rollout_step0 = torch.tensor(history.history[0])
+    reached = ~rollout_step0.isnan()
+    torch.testing.assert_close(seen[0][reached], rollout_step0[reached].float())  # step 0 includes itself
+    assert float(trainer.callback_metrics["phase/beta"]) == pytest.approx(PhaseScheduler("code_piecewise").get_beta(1))
+
+
+def test_bad_objective_arguments_fail_at_construction():
+    with pytest.raises(ValueError, match="critic_lr"):
+        EPOModule(advantage="grpo", critic_lr=1e-5)
+    with pytest.raises(ValueError, match="gamma"):
+        EPOModule(gamma=1.5)
+    with pytest.raises(ValueError, match="value_clip"):
+        EPOModule(advantage="gae", value_clip=0.0)
+    with pytest.raises(ValueError, match="smoothing_gate_turn"):
+        EPOModule(smoothing_gate_turn=-1)
