@@ -3,9 +3,14 @@
     beta_k = 1 + exp(-gamma * k / k_mid),   k_mid = floor(K / 2),   gamma = 3
 
 so beta goes from 2 at k = 0 to 1 + e^-3 ≈ 1.0498 at mid-training and ≈ 1.0025 at K. A ``constant`` beta (the paper's
-"W/O DW" ablation) and epoch-keyed ``milestones`` (shaped like Lightning's ``GradientAccumulationScheduler``) are
-alternatives. One Lightning epoch is one RL step k. The beta of step k + 1 is pushed in ``on_train_epoch_end`` of step
-k, since its rollouts are collected before ``on_train_epoch_start`` (style-anchors P1), and that of the first step in
+"W/O DW" ablation), epoch-keyed ``milestones`` (shaped like Lightning's ``GradientAccumulationScheduler``) and the
+released code's ``code_piecewise`` weight (epo-spec 4.2, ``_calculate_epoch_based_entropy_weight``) are alternatives:
+
+    w_k = 1 - 0.2 * (1 - exp(-2k / half))             for k <= half = K // 2
+    w_k = 0.8 * exp(-3 (k - half) / (K - half))         for k > half,   with K hard-coded to 150 in the code.
+
+One Lightning epoch is one RL step k. The beta of step k + 1 is pushed in ``on_train_epoch_end`` of step k, since its
+rollouts are collected before ``on_train_epoch_start`` (style-anchors P1), and that of the first step in
 ``on_fit_start``, from the step a checkpoint recorded (``trainer.current_epoch`` is only restored after that hook).
 """
 
@@ -17,6 +22,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+#: The released code's hard-coded total of RL steps in its weight schedule (``max_epochs = 150``, epo-spec 4.2).
+CODE_MAX_EPOCHS = 150
+
 
 class PhaseScheduler(Callback):
     """Set ``pl_module.beta``, the weight of the smoothing term, at every RL step (paper Eq. 5).
@@ -24,9 +32,10 @@ class PhaseScheduler(Callback):
     The LightningModule must expose ``beta: float``, read by ``training_step``.
 
     Args:
-        schedule: ``"paper_exp"`` (Eq. 5), ``"constant"`` or ``"milestones"``.
+        schedule: ``"paper_exp"`` (Eq. 5), ``"constant"``, ``"milestones"`` or ``"code_piecewise"`` (released code).
         gamma: decay rate of ``"paper_exp"``, >= 0.
-        total_steps: K, the number of RL steps of ``"paper_exp"``; None reads ``trainer.max_epochs``.
+        total_steps: K, the number of RL steps of ``"paper_exp"`` (None reads ``trainer.max_epochs``) and of
+            ``"code_piecewise"`` (None is the code's hard-coded 150, whatever the run length).
         value: beta of the ``"constant"`` schedule, >= 0.
         milestones: ``{epoch: beta}`` of the ``"milestones"`` schedule, each beta holding from its epoch on; epoch 0
             defaults to 1.0.
@@ -37,15 +46,16 @@ class PhaseScheduler(Callback):
 
     def __init__(
         self,
-        schedule: Literal["paper_exp", "constant", "milestones"] = "paper_exp",
+        schedule: Literal["paper_exp", "constant", "milestones", "code_piecewise"] = "paper_exp",
         gamma: float = 3.0,
         total_steps: int | None = None,
         value: float = 1.0,
         milestones: dict[int, float] | None = None,
     ) -> None:
-        if schedule not in ("paper_exp", "constant", "milestones"):
+        if schedule not in ("paper_exp", "constant", "milestones", "code_piecewise"):
             raise ValueError(
-                f"PhaseScheduler `schedule` must be 'paper_exp', 'constant' or 'milestones', got {schedule!r}."
+                "PhaseScheduler `schedule` must be 'paper_exp', 'constant', 'milestones' or 'code_piecewise', "
+                f"got {schedule!r}."
             )
         if not 0.0 <= gamma < math.inf:
             raise ValueError(f"PhaseScheduler `gamma` must be a finite number >= 0, got {gamma}.")
@@ -64,6 +74,8 @@ class PhaseScheduler(Callback):
             milestones = {0: 1.0, **milestones}
         elif milestones is not None:
             raise ValueError(f"PhaseScheduler `milestones` only apply to schedule='milestones' (got {schedule!r}).")
+        if schedule == "code_piecewise" and total_steps is None:
+            total_steps = CODE_MAX_EPOCHS
         self.schedule = schedule
         self.gamma = gamma
         self.total_steps = total_steps
@@ -92,8 +104,12 @@ class PhaseScheduler(Callback):
         steps = total_steps or self._resolved_total_steps
         if steps is None:
             raise ValueError("PhaseScheduler(schedule='paper_exp') needs K: set `total_steps` or `trainer.max_epochs`.")
-        k_mid = max(1, steps // 2)
-        return 1.0 + math.exp(-self.gamma * epoch / k_mid)
+        half = max(1, steps // 2)
+        if self.schedule == "code_piecewise":
+            if epoch <= half:
+                return 1.0 - 0.2 * (1.0 - math.exp(-2.0 * epoch / half))
+            return 0.8 * math.exp(-3.0 * (epoch - half) / max(1, steps - half))
+        return 1.0 + math.exp(-self.gamma * epoch / half)
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

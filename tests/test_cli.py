@@ -8,8 +8,10 @@ from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.cli import cli_main
 from epo_lightning.module import EPOModule
 
-CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
-OVERLAYS = {"debug.yaml"}
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted(ROOT.joinpath("configs").glob("*.yaml"))
+PAPER_CONFIGS = sorted(ROOT.joinpath("configs", "paper").glob("*.yaml"))
+OVERLAYS = {"debug.yaml", "epo_reference_code.yaml"}
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +47,17 @@ def test_debug_overlay_composes_over_quickstart() -> None:
     assert cli.trainer.max_epochs == 2
     assert cli.datamodule.group_size == 2
     assert cli.model.tiny.prior_states == 300
+
+
+def test_reference_code_overlay_switches_every_released_code_behaviour_on() -> None:
+    cli = cli_main([*FAST, "--config", "configs/epo_reference_code.yaml"], run=False)
+    assert cli.model.loss_config.smoothing == "indicator"
+    assert cli.model.hparams.smoothing_gate_turn == 25
+    history = next(c for c in cli.trainer.callbacks if isinstance(c, EntropyHistory))
+    phase = next(c for c in cli.trainer.callbacks if isinstance(c, PhaseScheduler))
+    assert history.per_turn and history.include_current
+    assert phase.schedule == "code_piecewise" and phase.total_steps == 150
+    assert cli.datamodule.group_size == 2  # the configs underneath are kept
 
 
 def test_omegaconf_interpolation_resolves(tmp_path) -> None:

@@ -167,3 +167,69 @@ def test_a_module_without_the_contract_is_rejected_at_setup(tmp_path):
     trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[EntropyHistory()])
     with pytest.raises(AttributeError, match="expose `entropy_reference`.*`train_entropy`"):
         trainer.fit(BoringModel())
+
+
+# ---------------------------------------------------------------- the released code's per-turn history (spec 3.3)
+def test_per_turn_reference_is_the_mean_per_turn_index_over_steps():
+    callback = EntropyHistory(per_turn=True)
+    callback.append(torch.tensor([1.0, 2.0, math.nan]))  # step 0 had no turn 2
+    callback.append(torch.tensor([3.0, 4.0, 6.0]))
+    reference = callback.reference()
+    assert isinstance(reference, torch.Tensor)
+    torch.testing.assert_close(reference, torch.tensor([2.0, 3.0, 6.0]))
+
+
+def test_per_turn_reference_falls_back_to_the_overall_mean_for_unseen_turns():
+    callback = EntropyHistory(per_turn=True)
+    callback.append(torch.tensor([1.0, math.nan]))
+    callback.append(torch.tensor([3.0, math.nan]))
+    torch.testing.assert_close(callback.reference(), torch.tensor([2.0, 2.0]))
+
+
+def test_per_turn_ema_skips_turns_a_step_did_not_reach():
+    callback = EntropyHistory(mode="ema", ema_decay=0.5, per_turn=True)
+    for value in ([1.0, math.nan], [3.0, 2.0], [math.nan, 4.0]):
+        callback.append(torch.tensor(value))
+    # turn 0: 1 -> 0.5 * 1 + 0.5 * 3 = 2, kept at 2; turn 1: starts at 2 -> 0.5 * 2 + 0.5 * 4 = 3
+    torch.testing.assert_close(callback.reference(), torch.tensor([2.0, 3.0]))
+
+
+def test_per_turn_history_survives_a_state_dict_round_trip():
+    callback = EntropyHistory(per_turn=True, include_current=True)
+    callback.append(torch.tensor([1.0, math.nan]))
+    restored = EntropyHistory(per_turn=True, include_current=True)
+    restored.load_state_dict(callback.state_dict())
+    torch.testing.assert_close(restored.reference(), torch.tensor([1.0, 1.0]))
+    assert restored.state_key != EntropyHistory().state_key
+
+
+def test_include_current_records_the_rollout_metric_at_epoch_start(tmp_path):
+    class RolloutStandIn(StandIn):
+        """Epoch e's rollouts have entropy 10 * (e + 1), recorded before on_train_epoch_start as EPOModule does."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rollout_entropy = MeanMetric()
+
+        def train_dataloader(self):
+            self.rollout_entropy.reset()
+            self.rollout_entropy.update(torch.tensor(10.0 * (self.trainer.current_epoch + 1)))
+            return super().train_dataloader()
+
+    module = RolloutStandIn()
+    trainer = Trainer(
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        accelerator="cpu",
+        reload_dataloaders_every_n_epochs=1,
+        enable_checkpointing=False,
+        callbacks=[EntropyHistory(include_current=True)],
+    )
+    trainer.fit(module)
+    # step k trains with the mean of the rollout entropies of steps 0..k, its own included (the code's rule)
+    assert module.references() == [10.0, 15.0, 20.0]

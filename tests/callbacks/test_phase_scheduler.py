@@ -163,3 +163,18 @@ def test_a_module_without_beta_is_rejected_at_setup(tmp_path):
     trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[PhaseScheduler()])
     with pytest.raises(AttributeError, match="expose `beta`"):
         trainer.fit(BoringModel())
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (0, 1.0),
+        (75, 1.0 - 0.2 * (1.0 - math.exp(-2.0))),
+        (76, 0.8 * math.exp(-3.0 / 75)),
+        (125, 0.8 * math.exp(-2.0)),
+        (150, 0.8 * math.exp(-3.0)),
+    ],
+)
+def test_code_piecewise_schedule_is_the_released_code_weight(epoch, expected):
+    # spec 4.2: K hard-coded to 150, half 75; 0.827 at the half, a jump to 0.8 after it, 0.108 at 125, 0.040 at 150
+    assert PhaseScheduler("code_piecewise").get_beta(epoch) == pytest.approx(expected, abs=1e-4)
