@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # environment workers import this module: keep transformers out of their start-up
+    from transformers import PreTrainedTokenizerBase
 
 ACTION_OPEN = "<action>"
 ACTION_CLOSE = "</action>"

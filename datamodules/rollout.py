@@ -1,9 +1,10 @@
 """Multi-turn rollout collection: one batched generation per turn over every active environment.
 
 For each turn: build every active episode's step-independent prompt, generate all responses in one batch, parse the
-actions, step the environments, record the turns (token ids exactly as generated). An unparsable response is an
-invalid action: the environment is not stepped and the turn is marked invalid. An environment that raises is an
-environment error: its episode ends, is counted, and is never trained on.
+actions, step the environments (concurrently when the ``EnvPool`` has workers), record the turns (token ids exactly as
+generated). An unparsable response is an invalid action: the environment is not stepped and the turn is marked
+invalid. An environment that raises, dies or hangs is an environment error: its episode ends, is counted, and is never
+trained on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import gymnasium as gym
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.action_parser import parse_action
+from datamodules.env_pool import EnvFailure, EnvPool
 from datamodules.prompts import PromptBuilder
 from epo_lightning.types import Episode, Turn
 
@@ -58,31 +60,41 @@ class RolloutResult:
 
 def collect_episodes(
     policy: RolloutPolicy,
-    envs: Sequence[gym.Env],
+    envs: EnvPool | Sequence[gym.Env],
     tasks: Sequence[TaskSpec],
     prompt_builder: PromptBuilder,
     max_turns: int,
     evaluation: bool = False,
     require_think: bool = False,
 ) -> RolloutResult:
-    """Play ``tasks[i]`` in ``envs[i]`` until every episode ends or ``max_turns`` turns are taken."""
-    if len(envs) != len(tasks):
-        raise ValueError(f"got {len(envs)} environments for {len(tasks)} tasks; they must match one to one.")
+    """Play ``tasks[i]`` in environment slot ``i`` until every episode ends or ``max_turns`` turns are taken.
+
+    Args:
+        policy: generates the responses.
+        envs: an ``EnvPool`` (slot i plays task i) or a list of environments (wrapped in an in-process pool).
+        tasks: what each slot plays.
+        prompt_builder: renders and tokenizes the prompts.
+        max_turns: turn limit; episodes still running are truncated.
+        evaluation: sample at the evaluation temperature.
+        require_think: a response without ``<think>...</think>`` is invalid.
+    """
+    pool = envs if isinstance(envs, EnvPool) else EnvPool.from_envs(envs)
+    if len(tasks) > pool.size:
+        raise ValueError(f"got {len(tasks)} tasks for {pool.size} environment slots; there must be enough slots.")
     start = time.perf_counter()
     tokenizer = policy.tokenizer
-    episodes: list[Episode] = []
+    episodes = [Episode(task_id=spec.task_id, group_id=spec.group_id, task="") for spec in tasks]
     states: list[dict[str, Any]] = []
-    for env, spec in zip(envs, tasks, strict=True):
-        episode = Episode(task_id=spec.task_id, group_id=spec.group_id, task="")
-        try:
-            obs, info = env.reset(seed=spec.seed, options={"split": spec.split})
-            episode.task = info.get("task", "")
-            states.append({"obs": obs, "info": info, "history": [], "done": False})
-        except Exception:  # noqa: BLE001 - any environment failure is counted, not fatal
-            log.exception("environment reset failed for %s", spec.task_id)
+    resets = pool.reset([(slot, spec.seed, {"split": spec.split}) for slot, spec in enumerate(tasks)])
+    for episode, result in zip(episodes, resets, strict=True):
+        if isinstance(result, EnvFailure):
+            log.warning("environment reset failed for %s: %s", episode.task_id, result.reason)
             episode.env_error = True
             states.append({"done": True})
-        episodes.append(episode)
+            continue
+        obs, info = result
+        episode.task = info.get("task", "")
+        states.append({"obs": obs, "info": info, "history": [], "done": False})
 
     generated = 0
     for turn_index in range(max_turns):
@@ -97,41 +109,35 @@ def collect_episodes(
             prompts.append(prompt_builder.encode(tokenizer, text))
         responses = policy.generate(prompts, evaluation=evaluation)
         generated += sum(len(r) for r in responses)
+        to_step = []
         for i, prompt_ids, response_ids in zip(active, prompts, responses, strict=True):
-            _advance(envs[i], episodes[i], states[i], prompt_ids, response_ids, tokenizer, turn_index, require_think)
+            text = tokenizer.decode(response_ids, skip_special_tokens=True)
+            parsed = parse_action(text, require_think=require_think)
+            turn = Turn(prompt_ids, response_ids, text, parsed.action, False, states[i]["obs"], turn_index)
+            episodes[i].turns.append(turn)
+            states[i]["history"].append((states[i]["obs"], parsed.action))
+            if parsed.ok:
+                to_step.append(i)
+        results = pool.step([(i, episodes[i].turns[-1].action) for i in to_step])
+        for i, result in zip(to_step, results, strict=True):
+            _record_step(episodes[i], states[i], result)
     for i, state in enumerate(states):
         if not state["done"]:
             episodes[i].truncated = True
     return RolloutResult(episodes, generated, time.perf_counter() - start)
 
 
-def _advance(
-    env: gym.Env,
-    episode: Episode,
-    state: dict[str, Any],
-    prompt_ids: list[int],
-    response_ids: list[int],
-    tokenizer: PreTrainedTokenizerBase,
-    turn_index: int,
-    require_think: bool,
-) -> None:
-    text = tokenizer.decode(response_ids, skip_special_tokens=True)
-    parsed = parse_action(text, require_think=require_think)
-    turn = Turn(prompt_ids, response_ids, text, parsed.action, False, state["obs"], turn_index)
-    episode.turns.append(turn)
-    if not parsed.ok:
-        state["history"].append((state["obs"], parsed.action))
-        return
-    try:
-        obs, reward, terminated, truncated, info = env.step(parsed.action)
-    except Exception:  # noqa: BLE001 - a broken environment ends its episode, it never ends the run
-        log.exception("environment step failed for %s", episode.task_id)
+def _record_step(episode: Episode, state: dict[str, Any], result: Any) -> None:
+    """Record the environment's answer to the episode's last turn (or end the episode on a failure)."""
+    if isinstance(result, EnvFailure):
+        log.warning("environment step failed for %s: %s", episode.task_id, result.reason)
         episode.env_error = True
         state["done"] = True
         return
+    obs, reward, terminated, truncated, info = result
+    turn = episode.turns[-1]
     turn.valid = bool(info.get("valid", True))
     turn.reward = float(reward)
-    state["history"].append((state["obs"], parsed.action))
     state.update(obs=obs, info=info)
     if terminated or truncated:
         episode.success = bool(info.get("won", False))

@@ -12,6 +12,7 @@ a checkpoint after step k replays exactly what the uninterrupted run does at ste
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from datamodules.env_pool import EnvPool
 from datamodules.envs import get_suite
 from datamodules.prompts import TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
@@ -51,6 +53,10 @@ class RolloutDataModule(pl.LightningDataModule):
         val_tasks: tasks per validation split (per rank), one episode each.
         require_think: responses must contain ``<think>...</think>`` to be valid (chat models, released-code rule).
         num_transcripts: episodes per RL step kept as text for TensorBoard.
+        num_workers: environment worker processes that step the environments concurrently (``EnvPool``); 0 steps
+            them in the training process, the right choice for fast environments. A slow environment such as
+            ScienceWorld (a ~670 MB JVM per environment) wants a few.
+        env_timeout: seconds a worker may take to answer one turn before it is restarted and its episodes dropped.
         seed: root seed of task sampling, action sampling and shuffling.
     """
 
@@ -68,6 +74,8 @@ class RolloutDataModule(pl.LightningDataModule):
         val_tasks: int = 32,
         require_think: bool = False,
         num_transcripts: int = 2,
+        num_workers: int = 0,
+        env_timeout: float = 120.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -81,6 +89,11 @@ class RolloutDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1, got {value}.")
         if val_tasks < 0 or invalid_action_penalty < 0 or reward_scale <= 0:
             raise ValueError("data.val_tasks and data.invalid_action_penalty must be >= 0 and data.reward_scale > 0.")
+        if num_workers < 0 or env_timeout <= 0:
+            raise ValueError(
+                f"data.num_workers must be >= 0 (0 steps in-process) and data.env_timeout > 0 seconds, got "
+                f"{num_workers} and {env_timeout}."
+            )
         self.suite = get_suite(env)
         self.env_kwargs = dict(env_kwargs or {})
         self.tasks_per_step = tasks_per_step
@@ -93,22 +106,29 @@ class RolloutDataModule(pl.LightningDataModule):
         self.val_tasks = val_tasks
         self.require_think = require_think
         self.num_transcripts = num_transcripts
+        self.num_workers = num_workers
+        self.env_timeout = env_timeout
         self.seed = seed
         self.rollout_step = 0
         self.rollout_stats: dict[str, float] = {}
         self.transcripts: list[str] = []
         self._prepared: tuple[int, DataLoader] | None = None
-        self._train_envs: list = []
-        self._val_envs: list = []
+        self._pool: EnvPool | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @override
     def setup(self, stage: str) -> None:
-        if not self._train_envs:
-            self._train_envs = [
-                self.suite.make(**self.env_kwargs) for _ in range(self.tasks_per_step * self.group_size)
-            ]
-            self._val_envs = [self.suite.make(**self.env_kwargs) for _ in range(self.val_tasks)]
+        # One pool serves training and evaluation, which never run at the same time.
+        if self._pool is None:
+            size = max(self.tasks_per_step * self.group_size, self.val_tasks)
+            make = functools.partial(self.suite.make, **self.env_kwargs)
+            self._pool = EnvPool(make, size, num_workers=self.num_workers, timeout=self.env_timeout)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -171,7 +191,8 @@ class RolloutDataModule(pl.LightningDataModule):
             for group, task_seed in enumerate(rng.randrange(2**31) for _ in range(self.tasks_per_step))
             for _ in range(self.group_size)
         ]
-        result = self._play(policy, self._train_envs, tasks, rng.randrange(2**31), evaluation=False)
+        restarts = self._pool.restarts
+        result = self._play(policy, tasks, rng.randrange(2**31), evaluation=False)
         rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty)
         rng.shuffle(rows)
         with torch.no_grad():
@@ -181,6 +202,7 @@ class RolloutDataModule(pl.LightningDataModule):
             ]
             policy.assign_advantages(batches)  # over the whole step: group baselines and whitening span every batch
         self.rollout_stats = rollout_statistics(result, len(rows))
+        self.rollout_stats["rollout/env_restarts"] = float(self._pool.restarts - restarts)
         self.transcripts = [render_transcript(e) for e in result.episodes[: self.num_transcripts]]
         self.rollout_step = step + 1
         return DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity)
@@ -200,9 +222,7 @@ class RolloutDataModule(pl.LightningDataModule):
         for split in VAL_SPLITS:
             seeds = list(range(self.val_tasks))[rank::world]
             tasks = [TaskSpec(split, s, i) for i, s in enumerate(seeds)]
-            result = self._play(
-                policy, self._val_envs[: len(tasks)], tasks, hash_seed(self.seed, split), evaluation=True
-            )
+            result = self._play(policy, tasks, hash_seed(self.seed, split), evaluation=True)
             episodes = [e for e in result.episodes if not e.env_error]
             items.append(
                 {
@@ -213,14 +233,14 @@ class RolloutDataModule(pl.LightningDataModule):
             )
         return items
 
-    def _play(self, policy: Any, envs: Sequence, tasks: Sequence[TaskSpec], torch_seed: int, evaluation: bool):
+    def _play(self, policy: Any, tasks: Sequence[TaskSpec], torch_seed: int, evaluation: bool) -> RolloutResult:
         was_training = policy.training
         policy.eval()
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(torch_seed)
                 return collect_episodes(
-                    policy, envs, tasks, self.prompt_builder, self.max_turns, evaluation, self.require_think
+                    policy, self._pool, tasks, self.prompt_builder, self.max_turns, evaluation, self.require_think
                 )
         finally:
             policy.train(was_training)

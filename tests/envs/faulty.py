@@ -1,0 +1,30 @@
+"""Environments for the worker-pool tests, in a module light enough to import fast in a spawned worker."""
+
+import time
+
+import gymnasium as gym
+
+
+class FaultyEnv(gym.Env):
+    """Sleeps ``delay`` seconds per step; the action "hang" sleeps for a minute and "raise" raises."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.moves = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.moves = 0
+        return f"start {seed}", {"task": "t", "admissible_actions": ["go"], "won": False}
+
+    def step(self, action):
+        if action == "hang":
+            time.sleep(60)
+        if action == "raise":
+            raise RuntimeError("the environment broke")
+        time.sleep(self.delay)
+        self.moves += 1
+        return f"moved {self.moves}", 0.0, False, False, {"valid": True, "won": False, "admissible_actions": ["go"]}
+
+
+def slow_env() -> FaultyEnv:
+    return FaultyEnv(delay=0.3)
