@@ -157,17 +157,22 @@ class RolloutDataModule(pl.LightningDataModule):
         rng = random.Random(f"prior:{seed}")
         env = self.suite.make(**self.env_kwargs)
         examples: list[tuple[str, list[str]]] = []
-        while len(examples) < num_states:
-            obs, info = env.reset(seed=rng.randrange(2**31), options={"split": "train"})
-            history: list[tuple[str, str]] = []
-            for _ in range(self.max_turns):
-                admissible = list(info["admissible_actions"])
-                examples.append((self.prompt_builder.render(info["task"], history, obs, admissible), admissible))
-                action = rng.choice(admissible)
-                history.append((obs, action))
-                obs, _, terminated, truncated, info = env.step(action)
-                if terminated or truncated or len(examples) >= num_states:
-                    break
+        try:
+            while len(examples) < num_states:
+                obs, info = env.reset(seed=rng.randrange(2**31), options={"split": "train"})
+                history: list[tuple[str, str]] = []
+                for _ in range(self.max_turns):
+                    admissible = list(info["admissible_actions"])
+                    if not admissible:
+                        break
+                    examples.append((self.prompt_builder.render(info["task"], history, obs, admissible), admissible))
+                    action = rng.choice(admissible)
+                    history.append((obs, action))
+                    obs, _, terminated, truncated, info = env.step(action)
+                    if terminated or truncated or len(examples) >= num_states:
+                        break
+        finally:
+            env.close()
         return examples
 
     # ------------------------------------------------------------------ loaders

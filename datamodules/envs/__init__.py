@@ -26,13 +26,29 @@ class EnvSuite:
     prompt: type[PromptBuilder] = PromptBuilder
 
 
+def require(module: str, extra: str) -> None:
+    """Import ``module`` or raise an ImportError that names the extra to install."""
+    try:
+        __import__(module)
+    except ImportError as error:
+        raise ImportError(
+            f"the {extra!r} environments need the `{module}` package: pip install 'epo-lightning[{extra}]'"
+        ) from error
+
+
 def _embedded() -> EnvSuite:
     from datamodules.envs.embedded import VOCABULARY, EmbeddedTextEnv
 
     return EnvSuite(make=EmbeddedTextEnv, vocabulary=lambda: VOCABULARY)
 
 
-SUITES: dict[str, Callable[[], EnvSuite]] = {"embedded": _embedded}
+def _scienceworld() -> EnvSuite:
+    from datamodules.envs.scienceworld import ScienceWorldPrompt, ScienceWorldTextEnv
+
+    return EnvSuite(make=ScienceWorldTextEnv, vocabulary=tuple, prompt=ScienceWorldPrompt)
+
+
+SUITES: dict[str, Callable[[], EnvSuite]] = {"embedded": _embedded, "scienceworld": _scienceworld}
 
 
 def get_suite(name: str) -> EnvSuite:

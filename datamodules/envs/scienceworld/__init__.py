@@ -1,0 +1,6 @@
+"""ScienceWorld (PyPI ``scienceworld``, its bundled jar, Java 17) behind the suite interface (epo-spec 8)."""
+
+from datamodules.envs.scienceworld.env import OOD_TASK_IDS, ScienceWorldTextEnv
+from datamodules.envs.scienceworld.prompt import ScienceWorldPrompt
+
+__all__ = ["OOD_TASK_IDS", "ScienceWorldPrompt", "ScienceWorldTextEnv"]
