@@ -48,7 +48,17 @@ def _scienceworld() -> EnvSuite:
     return EnvSuite(make=ScienceWorldTextEnv, vocabulary=tuple, prompt=ScienceWorldPrompt)
 
 
-SUITES: dict[str, Callable[[], EnvSuite]] = {"embedded": _embedded, "scienceworld": _scienceworld}
+def _textworld() -> EnvSuite:
+    from datamodules.envs.textworld import TextWorldTextEnv
+
+    return EnvSuite(make=TextWorldTextEnv, vocabulary=tuple)
+
+
+SUITES: dict[str, Callable[[], EnvSuite]] = {
+    "embedded": _embedded,
+    "scienceworld": _scienceworld,
+    "textworld": _textworld,
+}
 
 
 def get_suite(name: str) -> EnvSuite:
