@@ -54,7 +54,14 @@ def _textworld() -> EnvSuite:
     return EnvSuite(make=TextWorldTextEnv, vocabulary=tuple)
 
 
+def _alfworld() -> EnvSuite:
+    from datamodules.envs.alfworld import AlfWorldPrompt, AlfWorldTextEnv
+
+    return EnvSuite(make=AlfWorldTextEnv, vocabulary=tuple, prompt=AlfWorldPrompt)
+
+
 SUITES: dict[str, Callable[[], EnvSuite]] = {
+    "alfworld": _alfworld,
     "embedded": _embedded,
     "scienceworld": _scienceworld,
     "textworld": _textworld,

@@ -1,0 +1,6 @@
+"""ALFWorld (PyPI ``alfworld`` with ``textworld[pddl]``) behind the suite interface (epo-spec 8)."""
+
+from datamodules.envs.alfworld.env import TASK_TYPES, AlfWorldTextEnv
+from datamodules.envs.alfworld.prompt import AlfWorldPrompt
+
+__all__ = ["TASK_TYPES", "AlfWorldPrompt", "AlfWorldTextEnv"]
