@@ -1,0 +1,62 @@
+"""The paper's GPU configs parse, instantiate (with CPU overrides) and carry the values of its Tables 2 and 3."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from callbacks import EntropyHistory, PhaseScheduler
+from epo_lightning.cli import cli_main
+
+PAPER = sorted(Path(__file__).parents[1].joinpath("configs", "paper").glob("*.yaml"))
+CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
+
+#: (env, method) -> learning rate, micro-batch, K, alpha, max turns, policy (epo-spec 7.1)
+TABLES = {
+    ("sciworld", "ppo"): (3e-6, 8, 125, 0.05, 30, "Qwen/Qwen2.5-7B-Instruct"),
+    ("sciworld", "grpo"): (5e-6, 16, 125, 0.05, 30, "Qwen/Qwen2.5-7B-Instruct"),
+    ("alfworld", "ppo"): (5e-6, 32, 150, 0.1, 50, "Qwen/Qwen2.5-3B-Instruct"),
+    ("alfworld", "grpo"): (5e-6, 32, 150, 0.1, 50, "Qwen/Qwen2.5-3B-Instruct"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["epo"])
+
+
+def test_there_is_a_config_per_environment_and_method():
+    names = {path.stem for path in PAPER}
+    assert names == {f"{env}_{method}{epo}" for env, method in TABLES for epo in ("", "_epo")}
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_config_is_true_to_the_tables(path):
+    env, method, *epo = path.stem.split("_")
+    lr, micro, total_steps, alpha, max_turns, policy = TABLES[(env, method)]
+    raw = yaml.safe_load(path.read_text())
+    trainer, model, data = raw["trainer"], raw["model"]["init_args"], raw["data"]["init_args"]
+    assert (trainer["devices"], trainer["precision"], trainer["max_epochs"]) == (8, "bf16-true", total_steps)
+    assert trainer["check_val_every_n_epoch"] == 5 and raw["val_before_fit"]
+    assert model["policy"] == policy and model["optimizer"]["init_args"]["lr"] == lr
+    schedule = model["lr_scheduler"]["init_args"]
+    assert (schedule["total_steps"], schedule["warmup_ratio"], schedule["min_lr_ratio"]) == (total_steps, 0.1, 0.2)
+    assert (model["temperature"], model["val_temperature"], model["kl_coef"]) == (1.0, 0.4, 0.01)
+    assert model["advantage"] == ("gae" if method == "ppo" else "grpo")
+    assert data["tasks_per_step"] * data["group_size"] * trainer["devices"] == 128  # 16 tasks x 8 envs
+    assert (data["micro_batch_size"], data["max_turns"], data["history_length"]) == (micro, max_turns, 2)
+    if epo:
+        assert (model["entropy_coef"], model["kappa_l"], model["kappa_r"], model["alpha"]) == (0.001, 0.0, 2.0, alpha)
+        assert raw["phase"]["init_args"] == {"schedule": "paper_exp", "gamma": 3.0}
+    else:
+        assert model["entropy_coef"] == 0.0 and model["smoothing"] == "off" and raw["phase"] is None
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_config_instantiates_with_cpu_overrides(path):
+    cli = cli_main(["--config", str(path), *CPU], run=False)
+    assert cli.model.policy_name.startswith("Qwen/")  # the policy loads in setup, on the GPUs
+    assert cli.datamodule.suite.make.__name__ in {"AlfWorldTextEnv", "ScienceWorldTextEnv"}
+    kinds = {type(c) for c in cli.trainer.callbacks}
+    assert ({EntropyHistory, PhaseScheduler} <= kinds) == path.stem.endswith("_epo")
