@@ -40,8 +40,8 @@ class StandIn(BoringModel):
         return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def _fit(root, callback, max_epochs, ckpt_path=None, **trainer_kwargs):
-    module = StandIn()
+def _fit(root, callback, max_epochs, ckpt_path=None, module=None, **trainer_kwargs):
+    module = module or StandIn()
     settings = dict(
         max_epochs=max_epochs,
         default_root_dir=root,
@@ -216,20 +216,6 @@ def test_include_current_records_the_rollout_metric_at_epoch_start(tmp_path):
             self.rollout_entropy.update(torch.tensor(10.0 * (self.trainer.current_epoch + 1)))
             return super().train_dataloader()
 
-    module = RolloutStandIn()
-    trainer = Trainer(
-        max_epochs=3,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        accelerator="cpu",
-        reload_dataloaders_every_n_epochs=1,
-        enable_checkpointing=False,
-        callbacks=[EntropyHistory(include_current=True)],
-    )
-    trainer.fit(module)
+    module = _fit(tmp_path, EntropyHistory(include_current=True), 3, module=RolloutStandIn())
     # step k trains with the mean of the rollout entropies of steps 0..k, its own included (the code's rule)
     assert module.references() == [10.0, 15.0, 20.0]

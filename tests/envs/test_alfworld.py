@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("alfworld", reason="the alfworld extra is not installed: pip install '.[alfworld]'")
 
@@ -11,11 +10,7 @@ from datamodules.envs import get_suite  # noqa: E402
 from datamodules.envs.alfworld import AlfWorldTextEnv  # noqa: E402
 from datamodules.envs.alfworld.make_games import TASKS, write_games  # noqa: E402
 from datamodules.rollout import TaskSpec, collect_episodes  # noqa: E402
-from datamodules.rollout_datamodule import RolloutDataModule  # noqa: E402
-from epo_lightning.module import EPOModule  # noqa: E402
-from epo_lightning.tiny_preset import TinyPreset  # noqa: E402
-from tests.conftest import make_trainer  # noqa: E402
-from tests.envs.replay import ReplayPolicy  # noqa: E402
+from tests.envs.harness import ReplayPolicy, fit_briefly  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,27 +75,4 @@ def test_a_group_replaying_the_walkthrough_wins_through_rollout_collection(data_
 
 
 def test_short_fit_with_the_tiny_preset(data_dir, tmp_path):
-    preset = TinyPreset(
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-        prior_states=60,
-        prior_epochs=1,
-    )
-    module = EPOModule(tiny=preset, cache_dir=str(tmp_path / "cache"))
-    datamodule = RolloutDataModule(
-        env="alfworld",
-        env_kwargs={"data_dir": data_dir},
-        tasks_per_step=2,
-        group_size=2,
-        max_turns=4,
-        val_tasks=1,
-        micro_batch_size=16,
-    )
-    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
-    trainer.fit(module, datamodule=datamodule)
-    metrics = trainer.callback_metrics
-    assert torch.isfinite(metrics["loss/total"]) and metrics["rollout/episode_len"] > 0
-    assert metrics["rollout/env_errors"] == 0 and trainer.current_epoch == 2
+    fit_briefly(tmp_path, "alfworld", {"data_dir": data_dir}, max_positions=1024)

@@ -4,7 +4,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 pytest.importorskip("scienceworld", reason="the scienceworld extra is not installed: pip install '.[scienceworld]'")
 if shutil.which("java") is None:
@@ -13,11 +12,7 @@ if shutil.which("java") is None:
 from datamodules.envs import get_suite  # noqa: E402
 from datamodules.envs.scienceworld import ScienceWorldTextEnv  # noqa: E402
 from datamodules.rollout import TaskSpec, collect_episodes  # noqa: E402
-from datamodules.rollout_datamodule import RolloutDataModule  # noqa: E402
-from epo_lightning.module import EPOModule  # noqa: E402
-from epo_lightning.tiny_preset import TinyPreset  # noqa: E402
-from tests.conftest import make_trainer  # noqa: E402
-from tests.envs.replay import ReplayPolicy  # noqa: E402
+from tests.envs.harness import ReplayPolicy, fit_briefly  # noqa: E402
 
 TASK = "find-living-thing"
 
@@ -100,28 +95,4 @@ def test_a_group_replaying_the_gold_path_wins_through_rollout_collection(env):
 
 
 def test_short_fit_with_the_tiny_preset(tmp_path):
-    preset = TinyPreset(
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        prior_states=30,
-        prior_epochs=1,
-    )
-    module = EPOModule(tiny=preset, cache_dir=str(tmp_path / "cache"), max_new_tokens=8)
-    datamodule = RolloutDataModule(
-        env="scienceworld",
-        env_kwargs={"task_names": [TASK]},
-        tasks_per_step=1,
-        group_size=2,
-        max_turns=3,
-        val_tasks=1,
-        micro_batch_size=8,
-    )
-    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
-    trainer.fit(module, datamodule=datamodule)
-    metrics = trainer.callback_metrics
-    assert torch.isfinite(metrics["loss/total"])
-    assert metrics["rollout/episode_len"] > 0 and metrics["rollout/env_errors"] == 0
-    assert trainer.current_epoch == 2
+    fit_briefly(tmp_path, "scienceworld", {"task_names": [TASK]}, max_positions=4096, tasks_per_step=1)

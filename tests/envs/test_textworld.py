@@ -1,18 +1,13 @@
 """TextWorld through the suite interface: generated games, a walkthrough rollout, and a short fit."""
 
 import pytest
-import torch
 
 pytest.importorskip("textworld", reason="the textworld extra is not installed: pip install '.[textworld]'")
 
 from datamodules.envs.textworld import TextWorldTextEnv  # noqa: E402
 from datamodules.prompts import PromptBuilder  # noqa: E402
 from datamodules.rollout import TaskSpec, collect_episodes  # noqa: E402
-from datamodules.rollout_datamodule import RolloutDataModule  # noqa: E402
-from epo_lightning.module import EPOModule  # noqa: E402
-from epo_lightning.tiny_preset import TinyPreset  # noqa: E402
-from tests.conftest import make_trainer  # noqa: E402
-from tests.envs.replay import ReplayPolicy  # noqa: E402
+from tests.envs.harness import ReplayPolicy, fit_briefly  # noqa: E402
 
 GAMES = {"train": 2, "val_iid": 1, "val_ood": 1}
 
@@ -78,22 +73,8 @@ def test_a_group_replaying_the_walkthrough_wins_through_rollout_collection(games
 
 
 def test_short_fit_with_the_tiny_preset(games, tmp_path):
-    preset = TinyPreset(
-        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, prior_states=60, prior_epochs=1
+    fit_briefly(
+        tmp_path,
+        "textworld",
+        {"challenge": "tw-coin_collector", "settings": {"level": 1}, "num_games": GAMES, "cache_dir": games},
     )
-    module = EPOModule(tiny=preset, cache_dir=str(tmp_path / "cache"))
-    env_kwargs = {"challenge": "tw-coin_collector", "settings": {"level": 1}, "num_games": GAMES, "cache_dir": games}
-    datamodule = RolloutDataModule(
-        env="textworld",
-        env_kwargs=env_kwargs,
-        tasks_per_step=2,
-        group_size=2,
-        max_turns=4,
-        val_tasks=1,
-        micro_batch_size=16,
-    )
-    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
-    trainer.fit(module, datamodule=datamodule)
-    metrics = trainer.callback_metrics
-    assert torch.isfinite(metrics["loss/total"]) and metrics["rollout/episode_len"] > 0
-    assert metrics["rollout/env_errors"] == 0 and trainer.current_epoch == 2

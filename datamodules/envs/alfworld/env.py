@@ -15,10 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
-from gymnasium import spaces
-
 from datamodules.envs import require
+from datamodules.envs.textworld.game_env import TextWorldGame
 
 #: The six ALFWorld task types (alfworld's ``TASK_TYPES``).
 TASK_TYPES = (
@@ -45,7 +43,7 @@ def find_games(data_dir: Path, split: str, task_types: Sequence[str]) -> list[Pa
     return games
 
 
-class AlfWorldTextEnv(gym.Env):
+class AlfWorldTextEnv(TextWorldGame):
     """An ALFWorld household task; reward on success only.
 
     Args:
@@ -60,8 +58,6 @@ class AlfWorldTextEnv(gym.Env):
             come from).
     """
 
-    metadata = {"render_modes": []}
-
     def __init__(
         self,
         data_dir: str | None = None,
@@ -75,24 +71,16 @@ class AlfWorldTextEnv(gym.Env):
             raise ValueError(f"unknown ALFWorld task types {unknown}; choose from {list(TASK_TYPES)}.")
         if reward not in ("success", "code"):
             raise ValueError(f"reward must be 'success' (0/1, the paper) or 'code' (10 * won), got {reward!r}.")
+        super().__init__(max_episode_steps, 10.0 if reward == "code" else 1.0)
         root = data_dir or os.environ.get("ALFWORLD_DATA")
-        games = {split: find_games(Path(root), split, task_types) for split in SPLIT_FOLDERS} if root else {}
-        if not games.get("train"):
+        self.games = {split: find_games(Path(root), split, task_types) for split in SPLIT_FOLDERS} if root else {}
+        if not self.games.get("train"):
             raise FileNotFoundError(
                 f"no ALFWorld training games under {root or '$ALFWORLD_DATA (unset)'}/json_2.1.1/train. The official "
                 "games come from `alfworld-download` (needs github.com); point ALFWORLD_DATA or "
                 "data.env_kwargs.data_dir at that folder. Offline, `python -m datamodules.envs.alfworld.make_games "
                 "--out DIR` writes small ALFWorld-format games to train on."
             )
-        self.games = games
-        self.max_episode_steps = max_episode_steps
-        self.reward_scale = 10.0 if reward == "code" else 1.0
-        self.observation_space = spaces.Text(max_length=16384)
-        self.action_space = spaces.Text(max_length=256)
-        self.game_file = ""
-        self.task = ""
-        self._env: Any = None
-        self._info: dict[str, Any] = {}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Play game ``seed % n`` of ``options["split"]``."""
@@ -102,56 +90,23 @@ class AlfWorldTextEnv(gym.Env):
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(self.games)}.")
         if not self.games[split]:
             raise FileNotFoundError(f"no ALFWorld games for split {split!r} ({SPLIT_FOLDERS[split]}).")
-        path = str(self.games[split][(seed or 0) % len(self.games[split])])
-        if path != self.game_file:
-            self._open(path)
-        obs, infos = self._env.reset()
-        self._info = infos
+        obs, infos = self.play(str(self.games[split][(seed or 0) % len(self.games[split])]))
         text = obs.replace(WELCOME, "").strip()
-        self.task = text.split("Your task is to:", 1)[1].strip() if "Your task is to:" in text else ""
-        return text.split("Your task is to:", 1)[0].strip(), self._public(infos)
-
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Send ``action``; anything outside the admissible commands is ``valid=False`` (and "Nothing happens.")."""
-        if self._env is None:
-            raise RuntimeError("call reset() before step().")
-        valid = str(action) in self._info.get("admissible_commands", [])
-        obs, _, done, infos = self._env.step(str(action))
-        self._info = infos
-        won = bool(infos.get("won"))
-        return (
-            obs.strip(),
-            self.reward_scale * float(won),
-            won,
-            bool(done) and not won,
-            self._public(infos, valid=valid),
-        )
+        text, _, self.task = (part.strip() for part in text.partition("Your task is to:"))
+        return text, self.public_info(infos)
 
     def walkthrough(self) -> list[str]:
         """A winning command sequence from TextWorld's planner (``policy_commands``) for the current state."""
         return list(self._info.get("policy_commands") or [])
 
-    def close(self) -> None:
-        """Close the game."""
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-            self.game_file = ""
-
-    def _open(self, path: str) -> None:
+    def request_infos(self) -> Any:
+        """Admissible commands, won, the planner's commands and the game file (as alfworld requests)."""
         import textworld
-        import textworld.gym
+
+        return textworld.EnvInfos(admissible_commands=True, won=True, policy_commands=True, extras=["gamefile"])
+
+    def wrappers(self) -> list[Any]:
+        """The ``AlfredDemangler`` (readable names) and ``AlfredInfos`` wrappers, as alfworld's ``AlfredTWEnv``."""
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-        self.close()
-        infos = textworld.EnvInfos(admissible_commands=True, won=True, policy_commands=True, extras=["gamefile"])
-        env_id = textworld.gym.register_games(
-            [path], infos, max_episode_steps=self.max_episode_steps, wrappers=[AlfredDemangler, AlfredInfos]
-        )
-        self._env = textworld.gym.make(env_id)
-        self.game_file = path
-
-    def _public(self, infos: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        won = bool(infos.get("won"))
-        admissible = [] if won else sorted(a for a in infos.get("admissible_commands") or [] if a != "help")
-        return {"task": self.task, "won": won, "admissible_actions": admissible, **extra}
+        return [AlfredDemangler, AlfredInfos]

@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import gymnasium as gym
-from gymnasium import spaces
-
 from datamodules.envs import require
+from datamodules.envs.textworld.game_env import TextWorldGame
 from datamodules.envs.textworld.games import game_path
 
 #: Settings of each challenge when none are given (the machine-facts 3c command lines).
@@ -44,7 +42,7 @@ def clean_observation(text: str) -> str:
     return " ".join(text.split())
 
 
-class TextWorldTextEnv(gym.Env):
+class TextWorldTextEnv(TextWorldGame):
     """A TextWorld challenge: reward on winning only; admissible commands from TextWorld itself.
 
     Args:
@@ -61,8 +59,6 @@ class TextWorldTextEnv(gym.Env):
         ValueError: If the challenge or a split size is invalid.
     """
 
-    metadata = {"render_modes": []}
-
     def __init__(
         self,
         challenge: str = "tw-coin_collector",
@@ -78,6 +74,7 @@ class TextWorldTextEnv(gym.Env):
             raise ValueError(f"unknown TextWorld challenge {challenge!r}; choose one of {sorted(DEFAULT_SETTINGS)}.")
         if reward not in ("success", "code"):
             raise ValueError(f"reward must be 'success' (0/1) or 'code' (10 * won), got {reward!r}.")
+        super().__init__(max_episode_steps, 10.0 if reward == "code" else 1.0)
         self.challenge = challenge
         self.settings = {**DEFAULT_SETTINGS[challenge], **(settings or {})}
         if ood_settings is None:
@@ -89,14 +86,7 @@ class TextWorldTextEnv(gym.Env):
         self.num_games = {"train": 100, "val_iid": 20, "val_ood": 20, "test": 20, **(num_games or {})}
         if min(self.num_games.values()) < 1:
             raise ValueError(f"num_games must be >= 1 per split, got {self.num_games}.")
-        self.max_episode_steps = max_episode_steps
-        self.reward_scale = 10.0 if reward == "code" else 1.0
         self.cache_dir = cache_dir
-        self.observation_space = spaces.Text(max_length=16384)
-        self.action_space = spaces.Text(max_length=256)
-        self.game_file = ""
-        self._env: Any = None
-        self._info: dict[str, Any] = {}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Play game ``seed % num_games[split]`` of ``options["split"]`` (generated on first use)."""
@@ -105,59 +95,20 @@ class TextWorldTextEnv(gym.Env):
         if split not in self.split_settings:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(self.split_settings)}.")
         index = (seed or 0) % self.num_games[split]
-        path = str(game_path(self.challenge, self.split_settings[split], split, index, self.cache_dir))
-        if path != self.game_file:
-            self._open(path)
-        obs, infos = self._env.reset()
-        self._info = infos
-        return clean_observation(obs), self._public(infos)
-
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Send ``action`` to the game; anything outside the admissible commands is ``valid=False``."""
-        if self._env is None:
-            raise RuntimeError("call reset() before step().")
-        valid = str(action) in self._info.get("admissible_commands", [])
-        obs, _, done, infos = self._env.step(str(action))
-        self._info = infos
-        won = bool(infos.get("won"))
-        terminated = won or bool(infos.get("lost"))
-        return (
-            clean_observation(obs),
-            self.reward_scale * float(won),
-            terminated,
-            bool(done) and not terminated,
-            self._public(infos, valid=valid),
-        )
+        obs, infos = self.play(str(game_path(self.challenge, self.split_settings[split], split, index, self.cache_dir)))
+        self.task = " ".join(str(infos.get("objective", "")).split())
+        return self.clean(obs), self.public_info(infos)
 
     def walkthrough(self) -> list[str]:
         """The current game's winning command sequence (TextWorld's walkthrough)."""
         return list(self._info.get("extra.walkthrough") or [])
 
-    def close(self) -> None:
-        """Close the game interpreter."""
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-            self.game_file = ""
-
-    def _open(self, path: str) -> None:
+    def request_infos(self) -> Any:
+        """Admissible commands, won / lost, the objective and the walkthrough."""
         import textworld
-        import textworld.gym
 
-        self.close()
-        infos = textworld.EnvInfos(
-            admissible_commands=True, won=True, lost=True, objective=True, extras=["walkthrough"]
-        )
-        env_id = textworld.gym.register_game(path, request_infos=infos, max_episode_steps=self.max_episode_steps)
-        self._env = textworld.gym.make(env_id)
-        self.game_file = path
+        return textworld.EnvInfos(admissible_commands=True, won=True, lost=True, objective=True, extras=["walkthrough"])
 
-    def _public(self, infos: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-        won = bool(infos.get("won"))
-        admissible = [] if won else sorted(infos.get("admissible_commands") or [])
-        return {
-            "task": " ".join(str(infos.get("objective", "")).split()),
-            "won": won,
-            "admissible_actions": admissible,
-            **extra,
-        }
+    def clean(self, observation: str) -> str:
+        """See ``clean_observation``."""
+        return clean_observation(observation)
