@@ -171,8 +171,11 @@ def _soft_target_loss(model: LlamaForCausalLM, pad_id: int, rows: list) -> torch
         attention[b, : len(prompt) + len(resp)] = 1
         batch_index += [b] * len(resp)
         positions += range(len(prompt) - 1, len(prompt) + len(resp) - 1)  # position t predicts token t + 1
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
-    logp = F.log_softmax(logits[torch.tensor(batch_index), torch.tensor(positions)].float(), dim=-1)
+    # Project only the predicting positions onto the vocabulary: long prompts (ScienceWorld's list every valid action)
+    # would otherwise materialize a [B, T, V] logits tensor for a handful of trained positions.
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[torch.tensor(batch_index), torch.tensor(positions)])
+    logp = F.log_softmax(logits.float(), dim=-1)
     targets = torch.cat([t for _, _, t in rows])
     return -(targets * logp).sum() / len(positions)
 
