@@ -94,6 +94,7 @@ class RolloutDataModule(pl.LightningDataModule):
                 f"data.num_workers must be >= 0 (0 steps in-process) and data.env_timeout > 0 seconds, got "
                 f"{num_workers} and {env_timeout}."
             )
+        self.env = env
         self.suite = get_suite(env)
         self.env_kwargs = dict(env_kwargs or {})
         self.tasks_per_step = tasks_per_step
@@ -164,6 +165,12 @@ class RolloutDataModule(pl.LightningDataModule):
                 for _ in range(self.max_turns):
                     admissible = list(info["admissible_actions"])
                     if not admissible:
+                        if not examples:
+                            raise ValueError(
+                                f"the {self.env!r} environment lists no admissible actions, so the tiny preset has "
+                                "no format prior to learn: enable them in data.env_kwargs or set "
+                                "model.tiny.prior_states: 0."
+                            )
                         break
                     examples.append((self.prompt_builder.render(info["task"], history, obs, admissible), admissible))
                     action = rng.choice(admissible)

@@ -22,7 +22,7 @@ class EnvSuite:
     """How to build one suite's environments and which words they use."""
 
     make: Callable[..., gym.Env]
-    vocabulary: Callable[[], tuple[str, ...]]
+    vocabulary: Callable[[], tuple[str, ...]] = tuple  # open-vocabulary suites: the prior play's words suffice
     prompt: type[PromptBuilder] = PromptBuilder
 
 
@@ -45,19 +45,19 @@ def _embedded() -> EnvSuite:
 def _scienceworld() -> EnvSuite:
     from datamodules.envs.scienceworld import ScienceWorldPrompt, ScienceWorldTextEnv
 
-    return EnvSuite(make=ScienceWorldTextEnv, vocabulary=tuple, prompt=ScienceWorldPrompt)
+    return EnvSuite(make=ScienceWorldTextEnv, prompt=ScienceWorldPrompt)
 
 
 def _textworld() -> EnvSuite:
     from datamodules.envs.textworld import TextWorldTextEnv
 
-    return EnvSuite(make=TextWorldTextEnv, vocabulary=tuple)
+    return EnvSuite(make=TextWorldTextEnv)
 
 
 def _alfworld() -> EnvSuite:
     from datamodules.envs.alfworld import AlfWorldPrompt, AlfWorldTextEnv
 
-    return EnvSuite(make=AlfWorldTextEnv, vocabulary=tuple, prompt=AlfWorldPrompt)
+    return EnvSuite(make=AlfWorldTextEnv, prompt=AlfWorldPrompt)
 
 
 SUITES: dict[str, Callable[[], EnvSuite]] = {

@@ -96,3 +96,11 @@ def test_a_group_replaying_the_gold_path_wins_through_rollout_collection(env):
 
 def test_short_fit_with_the_tiny_preset(tmp_path):
     fit_briefly(tmp_path, "scienceworld", {"task_names": [TASK]}, max_positions=4096, tasks_per_step=1)
+
+
+def test_a_format_prior_without_admissible_actions_says_what_to_change():
+    from datamodules.rollout_datamodule import RolloutDataModule
+
+    data = RolloutDataModule(env="scienceworld", env_kwargs={"task_names": [TASK], "admissible_actions": False})
+    with pytest.raises(ValueError, match="prior_states: 0"):
+        data.format_prior_examples(5, seed=0)
