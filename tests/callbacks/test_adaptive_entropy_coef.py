@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torchmetrics import MeanMetric
 
 from callbacks import AdaptiveEntropyCoef
+from tests.conftest import make_trainer
 
 
 def test_first_step_anchors_the_target_and_keeps_the_coefficient():
@@ -66,17 +66,11 @@ class RolloutStandIn(BoringModel):
 
 def test_in_a_fit_the_coefficient_grows_while_entropy_sits_below_target(tmp_path):
     module = RolloutStandIn()
-    trainer = Trainer(
+    trainer = make_trainer(
+        tmp_path,
         max_epochs=3,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
         limit_train_batches=1,
         limit_val_batches=0,
-        accelerator="cpu",
-        reload_dataloaders_every_n_epochs=1,
         callbacks=[AdaptiveEntropyCoef(target_ratio=0.75, lr=0.2)],
     )
     trainer.fit(module)

@@ -8,6 +8,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from torchmetrics import MeanMetric
 
 from callbacks import EntropyHistory
+from tests.conftest import make_trainer
 
 
 class StandIn(BoringModel):
@@ -44,17 +45,12 @@ def _fit(root, callback, max_epochs, ckpt_path=None, module=None, **trainer_kwar
     module = module or StandIn()
     settings = dict(
         max_epochs=max_epochs,
-        default_root_dir=root,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
         limit_train_batches=2,
         limit_val_batches=0,
-        accelerator="cpu",
-        reload_dataloaders_every_n_epochs=1,
+        enable_checkpointing=True,
         callbacks=[callback, ModelCheckpoint(dirpath=root, save_last=True)],
     )
-    Trainer(**{**settings, **trainer_kwargs}).fit(module, ckpt_path=ckpt_path)
+    make_trainer(root, **{**settings, **trainer_kwargs}).fit(module, ckpt_path=ckpt_path)
     return module
 
 

@@ -6,6 +6,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from callbacks import PhaseScheduler
+from tests.conftest import make_trainer
 
 
 class StandIn(BoringModel):
@@ -35,16 +36,12 @@ class StandIn(BoringModel):
 
 def _fit(root, callback, max_epochs, ckpt_path=None):
     module = StandIn()
-    trainer = Trainer(
+    trainer = make_trainer(
+        root,
         max_epochs=max_epochs,
-        default_root_dir=root,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
         limit_train_batches=2,
         limit_val_batches=0,
-        accelerator="cpu",
-        reload_dataloaders_every_n_epochs=1,
+        enable_checkpointing=True,
         callbacks=[callback, ModelCheckpoint(dirpath=root, save_last=True)],
     )
     trainer.fit(module, ckpt_path=ckpt_path)
