@@ -19,12 +19,15 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
+from safetensors.torch import save_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -193,10 +196,23 @@ def cache_key(words: Sequence[str], preset: TinyPreset, examples: Sequence[Prior
 def load_or_build_tiny(
     words: Sequence[str], examples: Sequence[PriorExample], preset: TinyPreset, cache_dir: str | Path
 ) -> Path:
-    """Return the directory of the tiny policy for this vocabulary and prior data, building it once if missing."""
+    """Return the directory of the tiny policy for this vocabulary and prior data, building it once if missing.
+
+    Processes that share the cache (the ranks of a DDP job) take a file lock: the first builds, the others wait for it
+    and load what it saved.
+    """
     target = Path(cache_dir).expanduser() / f"tiny-{cache_key(words, preset, examples)}"
     if (target / "config.json").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(target.name + ".lock"))):
+        if not (target / "config.json").exists():
+            _build_tiny(words, examples, preset, target)
+    return target
+
+
+def _build_tiny(words: Sequence[str], examples: Sequence[PriorExample], preset: TinyPreset, target: Path) -> None:
+    """Build the tiny policy and save it to ``target`` (written aside, then renamed into place)."""
     tokenizer = build_word_tokenizer(words)
     model = build_tiny_model(preset, tokenizer)
     if preset.prior_epochs and examples:
@@ -205,7 +221,12 @@ def load_or_build_tiny(
             torch.manual_seed(preset.seed)
             train_format_prior(model, tokenizer, examples, preset)
     tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a build that was killed
+    # Not ``model.save_pretrained``: under torch.distributed it writes only on global rank 0, and the process that
+    # holds the lock may be any rank. These are the files ``from_pretrained`` reads (tied weights stored once).
+    tmp.mkdir()
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))
     tokenizer.save_pretrained(tmp)
     tmp.rename(target)
-    return target
