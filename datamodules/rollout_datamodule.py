@@ -3,8 +3,14 @@
 ``train_dataloader()`` runs under ``Trainer(reload_dataloaders_every_n_epochs=1)`` (style-anchors 3.2 pattern B): it
 plays ``tasks_per_step`` tasks with ``group_size`` environments each (a GRPO group shares its task), turns the episodes
 into turn rows, has the policy score them (old log-probs, entropy, critic values) and assign their advantages, and
-returns a sized loader of padded micro-batches.
-``val_dataloader()`` plays held-out tasks of the ``val_iid`` and ``val_ood`` splits with the evaluation temperature.
+returns the step's micro-batches, split into optimizer updates by ``datamodules.update_plan`` (the same number of
+updates and micro-batches on every rank, whatever its episode lengths).
+``val_dataloader()`` plays held-out tasks of the ``val_iid`` and ``val_ood`` splits with the evaluation temperature,
+each task on exactly one rank.
+
+Under DDP each rank plays its own task groups (a GRPO group never spans ranks) and trains every row of its own rollout
+exactly once. The loaders are ``Batches``, not ``DataLoader`` objects, so Lightning never wraps them in a
+``DistributedSampler`` (which would keep 1/world of each rank's rows): no ``use_distributed_sampler`` setting is needed.
 
 Every random choice of RL step k (tasks, sampling, shuffling) is seeded from ``(seed, k, rank)``, so a run resumed from
 a checkpoint after step k replays exactly what the uninterrupted run does at step k + 1.
@@ -14,27 +20,39 @@ from __future__ import annotations
 
 import functools
 import random
-import statistics
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from datamodules.env_pool import EnvPool
 from datamodules.envs import get_suite
 from datamodules.prompts import TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
-from datamodules.turn_rows import collate_rows, episodes_to_rows
-from epo_lightning.types import Episode
+from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
+from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
+from epo_lightning.types import Episode, TurnBatch
 
 VAL_SPLITS = ("val_iid", "val_ood")
+T = TypeVar("T")
 
 
-def _identity(item: Any) -> Any:
-    return item
+class Batches(Generic[T]):
+    """Ready-made batches in order: a sized iterable that Lightning takes as one loader and never re-samples.
+
+    (A plain list would be read as a list of loaders, and a ``DataLoader`` would get a ``DistributedSampler``.)
+    """
+
+    def __init__(self, batches: Sequence[T]) -> None:
+        self.batches = list(batches)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class RolloutDataModule(pl.LightningDataModule):
@@ -47,10 +65,13 @@ class RolloutDataModule(pl.LightningDataModule):
         group_size: environments per task (G, the GRPO group size).
         max_turns: turns per episode before truncation.
         history_length: previous (observation, action) pairs shown in the prompt.
-        micro_batch_size: turn rows per training micro-batch (one ``training_step``).
+        micro_batch_size: turn rows per training micro-batch on one rank (one ``training_step``; bounds memory).
+        mini_batch_size: turn rows per optimizer update, summed over ranks (the paper's "mini-batch"; it sets the
+            number of updates per RL step). None gives ``micro_batch_size x world size``: one micro-batch per rank
+            per update.
         reward_scale: multiplier of the environment's success reward (1 as in the paper, 10 as in the released code).
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
-        val_tasks: tasks per validation split (per rank), one episode each.
+        val_tasks: tasks per validation split, one episode each, shared out over the ranks (each played once).
         require_think: responses must contain ``<think>...</think>`` to be valid (chat models, released-code rule).
         num_transcripts: episodes per RL step kept as text for TensorBoard.
         num_workers: environment worker processes that step the environments concurrently (``EnvPool``); 0 steps
@@ -69,6 +90,7 @@ class RolloutDataModule(pl.LightningDataModule):
         max_turns: int = 20,
         history_length: int = 2,
         micro_batch_size: int = 64,
+        mini_batch_size: int | None = None,
         reward_scale: float = 1.0,
         invalid_action_penalty: float = 0.1,
         val_tasks: int = 32,
@@ -87,6 +109,8 @@ class RolloutDataModule(pl.LightningDataModule):
         ):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}.")
+        if mini_batch_size is not None and mini_batch_size < 1:
+            raise ValueError(f"data.mini_batch_size must be >= 1 turn rows, or null; got {mini_batch_size}.")
         if val_tasks < 0 or invalid_action_penalty < 0 or reward_scale <= 0:
             raise ValueError("data.val_tasks and data.invalid_action_penalty must be >= 0 and data.reward_scale > 0.")
         if num_workers < 0 or env_timeout <= 0:
@@ -102,6 +126,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.max_turns = max_turns
         self.prompt_builder = self.suite.prompt(history_length=history_length)
         self.micro_batch_size = micro_batch_size
+        self.mini_batch_size = mini_batch_size
         self.reward_scale = reward_scale
         self.invalid_action_penalty = invalid_action_penalty
         self.val_tasks = val_tasks
@@ -113,7 +138,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_step = 0
         self.rollout_stats: dict[str, float] = {}
         self.transcripts: list[str] = []
-        self._prepared: tuple[int, DataLoader] | None = None
+        self._prepared: tuple[int, Batches[TurnBatch]] | None = None
         self._pool: EnvPool | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,18 +209,18 @@ class RolloutDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     @override
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> Batches[TurnBatch]:
         epoch = self.trainer.current_epoch
         if self._prepared is not None and self._prepared[0] == epoch:
             return self._prepared[1]
         # Resuming from the end of epoch k, Lightning first asks again for epoch k's loader and then, having advanced,
         # for epoch k + 1's: answer the stale request with step k + 1's rollout and hand the same loader back next.
         step = max(epoch, self.rollout_step)
-        loader = self._collect_training_data(step)
-        self._prepared = (step, loader)
-        return loader
+        batches = self._collect_training_data(step)
+        self._prepared = (step, batches)
+        return batches
 
-    def _collect_training_data(self, step: int) -> DataLoader:
+    def _collect_training_data(self, step: int) -> Batches[TurnBatch]:
         policy = self.trainer.lightning_module
         rng = random.Random(f"{self.seed}:train:{step}:{self.trainer.global_rank}")
         tasks = [
@@ -207,32 +232,43 @@ class RolloutDataModule(pl.LightningDataModule):
         result = self._play(policy, tasks, rng.randrange(2**31), evaluation=False)
         rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty)
         rng.shuffle(rows)
+        pad_id = policy.tokenizer.pad_token_id
+        plan = self._plan(len(rows), policy)
+        updates = [
+            [collate_rows(chunk or [filler_row(pad_id, k)], pad_id) for k, chunk in enumerate(micro)]
+            for micro in (split_balanced(mini, plan.micro_batches) for mini in split_balanced(rows, plan.num_updates))
+        ]
         with torch.no_grad():
-            batches = [
-                policy.score(collate_rows(rows[i : i + self.micro_batch_size], policy.tokenizer.pad_token_id))
-                for i in range(0, len(rows), self.micro_batch_size)
-            ]
-            policy.assign_advantages(batches)  # over the whole step: group baselines and whitening span every batch
-        self.rollout_stats = rollout_statistics(result, len(rows))
-        self.rollout_stats["rollout/env_restarts"] = float(self._pool.restarts - restarts)
+            updates = [[policy.score(batch) for batch in micro_batches] for micro_batches in updates]
+            # over the whole step: group baselines and whitening span every batch (and, for GAE, every rank)
+            policy.assign_advantages([batch for micro_batches in updates for batch in micro_batches])
+            policy.assign_loss_weights(updates)
+        self.rollout_stats = rollout_counts(result, len(rows), self._pool.restarts - restarts)
         self.transcripts = [render_transcript(e) for e in result.episodes[: self.num_transcripts]]
         self.rollout_step = step + 1
-        return DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity)
+        return Batches([batch for micro_batches in updates for batch in micro_batches])
+
+    def _plan(self, num_rows: int, policy: Any) -> UpdatePlan:
+        """The update plan of this step: every rank's row count is exchanged once, and all derive the same plan."""
+        counts = self.trainer.strategy.all_gather(torch.tensor([num_rows], device=policy.device))
+        world = self.trainer.world_size
+        mini_batch_size = self.mini_batch_size or self.micro_batch_size * world
+        return plan_updates(counts.reshape(-1).tolist(), mini_batch_size, self.micro_batch_size)
 
     @override
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._evaluate(), batch_size=None, collate_fn=_identity)
+    def val_dataloader(self) -> Batches[dict[str, Any]]:
+        return Batches(self._evaluate())
 
     @override
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._evaluate(), batch_size=None, collate_fn=_identity)
+    def test_dataloader(self) -> Batches[dict[str, Any]]:
+        return Batches(self._evaluate())
 
     def _evaluate(self) -> list[dict[str, Any]]:
         policy = self.trainer.lightning_module
         rank, world = self.trainer.global_rank, self.trainer.world_size
         items = []
         for split in VAL_SPLITS:
-            seeds = list(range(self.val_tasks))[rank::world]
+            seeds = list(range(self.val_tasks))[rank::world]  # every task on exactly one rank
             tasks = [TaskSpec(split, s, i) for i, s in enumerate(seeds)]
             result = self._play(policy, tasks, hash_seed(self.seed, split), evaluation=True)
             episodes = [e for e in result.episodes if not e.env_error]
@@ -263,22 +299,25 @@ def hash_seed(*parts: Any) -> int:
     return random.Random(":".join(map(str, parts))).randrange(2**31)
 
 
-def rollout_statistics(result: RolloutResult, num_rows: int) -> dict[str, float]:
-    """The ``rollout/*`` metrics of design.md for one collection."""
+def rollout_counts(result: RolloutResult, num_rows: int, env_restarts: int) -> dict[str, float]:
+    """This rank's raw counts of one collection (``epo_lightning.rollout_metrics.ROLLOUT_COUNTS``).
+
+    The ``rollout/*`` rates are formed from them after summing over ranks, so every episode of the run weighs the same.
+    """
     episodes = [e for e in result.episodes if not e.env_error]
     turns = [t for e in episodes for t in e.turns]
-    mean = statistics.fmean
-
     return {
-        "rollout/success_rate": mean([e.success for e in episodes]) if episodes else 0.0,
-        "rollout/return_mean": mean([e.episode_return for e in episodes]) if episodes else 0.0,
-        "rollout/episode_len": mean([len(e.turns) for e in episodes]) if episodes else 0.0,
-        "rollout/valid_action_ratio": mean([t.valid for t in turns]) if turns else 0.0,
-        "rollout/truncated_frac": mean([e.truncated for e in episodes]) if episodes else 0.0,
-        "rollout/env_errors": float(sum(e.env_error for e in result.episodes)),
-        "rollout/turn_samples": float(num_rows),
-        "rollout/tokens_per_s": result.generated_tokens / max(result.seconds, 1e-9),
-        "time/rollout_s": result.seconds,
+        "episodes": float(len(episodes)),
+        "successes": float(sum(e.success for e in episodes)),
+        "return_sum": float(sum(e.episode_return for e in episodes)),
+        "truncated": float(sum(e.truncated for e in episodes)),
+        "turns": float(len(turns)),
+        "valid_turns": float(sum(t.valid for t in turns)),
+        "env_errors": float(sum(e.env_error for e in result.episodes)),
+        "env_restarts": float(env_restarts),
+        "rows": float(num_rows),
+        "generated_tokens": float(result.generated_tokens),
+        "seconds": result.seconds,
     }
 
 

@@ -68,6 +68,15 @@ def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_p
     return rows
 
 
+def filler_row(pad_id: int, index: int) -> TurnRow:
+    """A row with no response token, for a micro-batch a rank has no rows left for (``datamodules.update_plan``).
+
+    It is trained on with weight 0 and is its own group and trajectory (negative ids never collide with real ones),
+    so it adds nothing to any advantage, metric or gradient; it only lets the rank join the update's collectives.
+    """
+    return TurnRow([pad_id], [], 0.0, -1 - index, -1 - index, 0, 0.0, -1 - index)
+
+
 def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
     """Right-pad rows into a ``TurnBatch`` whose ``input_ids`` are exactly prompt + generated response ids."""
     width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)

@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from epo_lightning.logprobs import keep_in_graph
 from epo_lightning.losses import masked_mean
 
 
@@ -50,11 +51,17 @@ class ValueModel(nn.Module):
         ).last_hidden_state
         rows, cols = response_mask.bool().nonzero(as_tuple=True)
         values = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-        return values.index_put((rows, cols), self.head(hidden[rows, cols - 1]).squeeze(-1).float())
+        values = values.index_put((rows, cols), self.head(hidden[rows, cols - 1]).squeeze(-1).float())
+        return keep_in_graph(values, self.head, hidden) if rows.numel() == 0 else values
 
 
 def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float | None
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_range: float | None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Clipped value loss ``0.5 * token_mean(max((V - R)^2, (clip(V, V_old -/+ c) - R)^2))`` (verl's).
 
@@ -64,17 +71,23 @@ def value_loss(
         returns: ``[B, T]`` GAE returns.
         mask: ``[B, T]`` response mask.
         clip_range: verl's ``cliprange_value`` (0.5); None disables clipping.
+        token_weights: ``[B, T]`` weights replacing the token mean by a weighted sum (this micro-batch's share of
+            its optimizer update's token mean, ``epo_lightning.update_weights``).
 
     Returns:
         ``(loss, clip_frac)``: the scalar loss and the fraction of tokens whose clipped error is the larger one.
     """
     mask = mask.to(values.dtype)
+
+    def mean(x: Tensor) -> Tensor:
+        return masked_mean(x, mask) if token_weights is None else (x * token_weights).sum()
+
     unclipped = (values - returns).square()
     if clip_range is None:
-        return 0.5 * masked_mean(unclipped, mask), values.new_zeros(())
+        return 0.5 * mean(unclipped), values.new_zeros(())
     clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
     clipped = (clipped_values - returns).square()
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * mean(torch.maximum(unclipped, clipped))
     return loss, masked_mean((clipped > unclipped).to(values.dtype), mask).detach()
 
 

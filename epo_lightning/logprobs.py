@@ -86,4 +86,16 @@ def response_logprobs_and_entropy(
     if pieces:
         logprobs = logprobs.index_put((rows, cols), torch.cat([p[0] for p in pieces]))
         entropy = entropy.index_put((rows, cols), torch.cat([p[1] for p in pieces]))
+    elif torch.is_grad_enabled():
+        logprobs = keep_in_graph(logprobs, head, hidden)
     return logprobs, entropy
+
+
+def keep_in_graph(output: Tensor, head: nn.Module, hidden: Tensor) -> Tensor:
+    """``output`` plus an exact zero that depends on every parameter of the backbone and of ``head``.
+
+    A micro-batch without response tokens (the padding micro-batch of a rank with few rows) would otherwise leave
+    the output head out of the autograd graph, and DDP's gradient all-reduce would then wait for a gradient that
+    this rank never produces. The zero gives every parameter a (zero) gradient, so every rank reduces the same ones.
+    """
+    return output + 0.0 * head(hidden[:1, :1]).float().sum()

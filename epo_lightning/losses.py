@@ -360,11 +360,15 @@ def epo_loss(
     ref_logprobs: Tensor | None = None,
     old_entropy: Tensor | None = None,
     generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, EPOStats]:
     """The EPO loss, paper Eq. 6 (minimized), plus the released code's KL term.
 
     ``loss = agg(pg) - lambda * (agg(H) - beta * agg(alpha * P)) + kl_coef * agg(KL)``, where ``agg`` is
     ``cfg.agg`` for every term and the smoothing term is present only with ``h_ref`` and ``cfg.smoothing != "off"``.
+    With ``token_weights``, ``agg(x) = sum(token_weights * x)`` instead: the weights of
+    ``epo_lightning.update_weights`` make the sum over an update's micro-batches (and ranks) exactly ``cfg.agg`` over
+    the whole update, and the returned loss terms are this micro-batch's share of it.
 
     Args:
         logprobs: ``[B, T]`` current-policy log-probs of the sampled tokens (with grad).
@@ -381,6 +385,7 @@ def epo_loss(
             ``kl_coef == 0`` the KL is computed for logging only.
         old_entropy: ``[B, T]`` rollout-policy token entropy; required by ERC.
         generator: random source of Clip-Cov's token draw.
+        token_weights: ``[B, T]`` per-token weights (0 off the mask) replacing ``cfg.agg`` by a weighted sum.
 
     Returns:
         ``(loss, stats)``: the scalar loss with grad, and the detached logged scalars.
@@ -395,6 +400,8 @@ def epo_loss(
     mask_f = mask.to(logprobs.dtype)
 
     def agg(values: Tensor) -> Tensor:
+        if token_weights is not None:
+            return (values * token_weights).sum()
         return aggregate(values, mask_f, cfg.agg, traj_index)
 
     pg, clipped, cov_selected, erc_outside = _policy_gradient_loss(

@@ -14,6 +14,7 @@ the phase weight ``beta_k`` and the entropy coefficient ``entropy_coef`` are pla
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -25,7 +26,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from typing_extensions import override
 
 from epo_lightning.advantages import (
@@ -33,16 +34,24 @@ from epo_lightning.advantages import (
     gae_advantages,
     gigpo_advantages,
     grpo_advantages,
-    masked_whiten,
     rloo_advantages,
 )
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import generate_responses, load_policy
+from epo_lightning.rollout_metrics import RolloutMetrics
+from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
 from epo_lightning.turn_entropy import TurnEntropy
 from epo_lightning.types import TurnBatch
+from epo_lightning.update_weights import update_token_weights
+
+
+def _full(tensor: Tensor) -> Tensor:
+    """The whole value of a tensor that may be a sharded ``DTensor`` (FSDP2's gradient norm)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
 
 AdvantageEstimator = Literal["grpo", "grpo_mean", "rloo", "gigpo", "gae"]
 VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
@@ -71,7 +80,8 @@ class EPOModule(pl.LightningModule):
             a critic, spec 1.2).
         gamma: discount of GAE and of GiGPO's step returns (1.0 in the EPO code; GiGPO uses 0.95).
         gae_lambda: GAE lambda (1.0 in the EPO code).
-        whiten_advantages: whiten GAE advantages over the RL step's response tokens (verl ``masked_whiten``).
+        whiten_advantages: whiten GAE advantages over the RL step's response tokens of every rank (verl
+            ``masked_whiten`` over the whole batch).
         gigpo_step_weight: omega, the weight of GiGPO's step-level advantage.
         gigpo_mode: ``mean_norm`` (subtract the group mean, GiGPO's default) or ``mean_std_norm``.
         critic_lr: learning rate of the critic's parameter group; None uses the optimizer's learning rate (as the
@@ -80,6 +90,8 @@ class EPOModule(pl.LightningModule):
         clip_low: PPO lower clip epsilon.
         clip_high: PPO upper clip epsilon (0.28 gives DAPO's Clip-Higher).
         dual_clip: dual-clip constant c for negative advantages (None disables).
+        grad_clip: clip the gradient norm of the policy and of the critic, each on its own (verl ``grad_clip``,
+            1.0); None does not clip. (Optimization is manual, so ``trainer.gradient_clip_val`` does not apply.)
         entropy_coef: lambda, the entropy-bonus weight (0.001 in the paper).
         kl_coef: weight of the KL to the frozen initial policy (0 disables and skips the reference model).
         kl_kind: KL estimator, ``k3`` is verl's ``low_var_kl``.
@@ -129,6 +141,7 @@ class EPOModule(pl.LightningModule):
         clip_low: float = 0.2,
         clip_high: float = 0.2,
         dual_clip: float | None = 3.0,
+        grad_clip: float | None = 1.0,
         entropy_coef: float = 0.001,
         kl_coef: float = 0.0,
         kl_kind: Literal["k1", "k2", "k3"] = "k3",
@@ -163,6 +176,8 @@ class EPOModule(pl.LightningModule):
             raise ValueError(f"model.critic_lr only applies to advantage='gae' (the critic), not {advantage!r}.")
         if value_clip is not None and value_clip <= 0:
             raise ValueError(f"model.value_clip must be > 0, or null to disable value clipping; got {value_clip}.")
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"model.grad_clip must be > 0, or null to disable gradient clipping; got {grad_clip}.")
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny"])
@@ -211,7 +226,29 @@ class EPOModule(pl.LightningModule):
         self.train_turn_entropy = TurnEntropy(max_tracked_turns)
         self.val_success = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self.val_episode_len = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
+        self.rollout_metrics = RolloutMetrics()
+        self.train_stats = torch.nn.ModuleDict({_key(name): metric for name, metric in self._train_metrics().items()})
+        self.automatic_optimization = False  # see training_step
+        self._updates_this_step = 0
+        self._controls: dict[str, float] = {}
         self._epoch_start = 0.0
+
+    def _train_metrics(self) -> dict[str, Any]:
+        """The metrics of one RL step's training: every rank updates each of them, so their syncs pair up."""
+        cfg = self.loss_config
+        fractions = ["ppo/clip_frac", "ppo/approx_kl", "entropy/in_corridor_frac"]
+        fractions += ["ppo/cov_selected_frac"] if cfg.policy_loss != "vanilla" else []
+        fractions += ["ppo/erc_clip_frac"] if cfg.erc_low is not None else []
+        shares = ["loss/total", "loss/pg", "loss/entropy", "loss/smooth", "loss/kl"]
+        norms = ["grad_norm/policy"]
+        if self.hparams.advantage == "gae":
+            fractions += ["critic/clip_frac", "critic/explained_variance"]
+            shares += ["critic/value_loss"]
+            norms += ["grad_norm/critic"]
+        metrics: dict[str, Any] = {name: MeanMetric() for name in fractions + norms}
+        metrics.update({name: SumMetric() for name in shares})
+        metrics["time/train_s"] = MaxMetric()
+        return metrics
 
     # ------------------------------------------------------------------ policy construction
     @override
@@ -275,6 +312,30 @@ class EPOModule(pl.LightningModule):
         for batch, chunk in zip(batches, advantages.split([len(b) for b in batches]), strict=True):
             batch.advantages = chunk
 
+    @torch.no_grad()
+    def assign_loss_weights(self, updates: Sequence[Sequence[TurnBatch]]) -> None:
+        """Set every micro-batch's ``loss_weights`` (and the critic's ``value_weights``) over its whole update.
+
+        ``updates`` is the RL step's plan on this rank: a list of optimizer updates, each a list of micro-batches.
+        The token and trajectory totals of each update are summed over ranks (one all-reduce), so the update's loss
+        is exactly ``agg`` (Eq. 2's nested mean, or the token mean) over all its rows on all ranks.
+        """
+        weights = update_token_weights(updates, self.loss_config.agg, self._all_reduce_sum)
+        value_weights = update_token_weights(updates, "token_mean", self._all_reduce_sum) if self.critic else None
+        for u, micro_batches in enumerate(updates):
+            for j, batch in enumerate(micro_batches):
+                batch.loss_weights = weights[u][j].to(batch.response_mask.device)
+                if value_weights is not None:
+                    batch.value_weights = value_weights[u][j].to(batch.response_mask.device)
+                batch.update_end = j == len(micro_batches) - 1
+
+    def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the ranks (itself in one process), on the device it came from."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return tensor
+        return trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").to(tensor.device)
+
     def row_advantages(
         self,
         scores: Tensor,
@@ -313,9 +374,14 @@ class EPOModule(pl.LightningModule):
                 rewards, batch.old_values, mask, self.hparams.gamma, self.hparams.gae_lambda, whiten=False
             )
         if self.hparams.whiten_advantages:
-            flat = torch.cat([b.advantages[b.response_mask.bool()] for b in batches])
-            whitened = masked_whiten(flat, torch.ones_like(flat)).split([int(b.response_mask.sum()) for b in batches])
-            for batch, values in zip(batches, whitened, strict=True):
+            flat = torch.cat([b.advantages[b.response_mask.bool()] for b in batches]).double()
+            moments = torch.stack([flat.new_tensor(flat.numel()), flat.sum(), flat.square().sum()])
+            count, total, squares = self._all_reduce_sum(moments).tolist()
+            mean = total / max(count, 1.0)
+            variance = (squares - count * mean**2) / max(count - 1.0, 1.0)  # unbiased, as verl's masked_whiten
+            whitened = ((flat - mean) / math.sqrt(max(variance, 0.0) + 1e-8)).float()
+            sizes = [int(b.response_mask.sum()) for b in batches]
+            for batch, values in zip(batches, whitened.split(sizes), strict=True):
                 batch.advantages = torch.zeros_like(batch.advantages).masked_scatter(batch.response_mask.bool(), values)
 
     def _logprobs(self, model: torch.nn.Module, batch: TurnBatch) -> tuple[Tensor, Tensor]:
@@ -331,6 +397,19 @@ class EPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     @override
     def training_step(self, batch: TurnBatch, batch_idx: int) -> Tensor:
+        """One micro-batch: its share of the optimizer update's loss, backward, and the update after the last one.
+
+        Optimization is manual (``automatic_optimization = False``) because an RL step decides its own update
+        structure: ``RolloutDataModule`` splits the rows into the same number of updates and micro-batches on every
+        rank, marks the last micro-batch of each update (``update_end``) and the module weights every token so that
+        the micro-batches and ranks of one update sum to exactly ``agg`` over the update (``update_weights``). DDP
+        averages the ranks' gradients, so each rank's share is multiplied by the world size.
+        """
+        weights = batch.loss_weights
+        if weights is None:  # a micro-batch handed in on its own is its own update
+            weights = update_token_weights([[batch]], self.loss_config.agg)[0][0].to(self.device)
+            batch.update_end = True
+        world = self.trainer.world_size
         logprobs, entropy = self._logprobs(self.model, batch)
         loss, stats = epo_loss(
             logprobs,
@@ -345,44 +424,77 @@ class EPOModule(pl.LightningModule):
             ref_logprobs=batch.ref_logprobs,
             old_entropy=batch.old_entropy,
             generator=self._generator(batch_idx),
+            token_weights=weights * world,
         )
-        tokens = batch.response_mask.sum()
-        self.train_entropy.update(stats.entropy_token_mean, weight=tokens)
-        self.train_turn_entropy.update(entropy.detach(), batch.response_mask, batch.turn_index)
-        size = len(batch)
-        log = {
+        share = {
             "loss/total": stats.loss_total,
             "loss/pg": stats.loss_pg,
             "loss/entropy": stats.loss_entropy,
             "loss/smooth": stats.loss_smooth,
             "loss/kl": stats.loss_kl,
+        }
+        tokens = batch.response_mask.sum()
+        fractions = {
             "ppo/clip_frac": stats.clip_frac,
             "ppo/approx_kl": stats.approx_kl,
             "entropy/in_corridor_frac": stats.in_corridor_frac,
-            "entropy/coef": self.entropy_coef,
-            "phase/beta": self.beta,
         }
         if self.loss_config.policy_loss != "vanilla":
-            log["ppo/cov_selected_frac"] = stats.cov_selected_frac
+            fractions["ppo/cov_selected_frac"] = stats.cov_selected_frac
         if self.loss_config.erc_low is not None:
-            log["ppo/erc_clip_frac"] = stats.erc_clip_frac
+            fractions["ppo/erc_clip_frac"] = stats.erc_clip_frac
         if self.critic is not None:
             values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
+            value_weights = batch.value_weights
+            if value_weights is None:
+                value_weights = update_token_weights([[batch]], "token_mean")[0][0].to(self.device)
             loss_value, value_clip_frac = value_loss(
-                values, batch.old_values, batch.returns, batch.response_mask, self.hparams.value_clip
+                values,
+                batch.old_values,
+                batch.returns,
+                batch.response_mask,
+                self.hparams.value_clip,
+                token_weights=value_weights * world,
             )
             loss = loss + loss_value
-            log["critic/value_loss"] = loss_value.detach()
-            log["critic/clip_frac"] = value_clip_frac
-            log["critic/explained_variance"] = explained_variance(values.detach(), batch.returns, batch.response_mask)
-        self.log_dict(log, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        self.log("entropy/token_mean", self.train_entropy, on_step=False, on_epoch=True)
+            share["critic/value_loss"] = loss_value.detach()
+            fractions["critic/clip_frac"] = value_clip_frac
+            fractions["critic/explained_variance"] = explained_variance(
+                values.detach(), batch.returns, batch.response_mask
+            )
+        self.manual_backward(loss)
+        self._controls = {"phase/beta": float(self.beta), "entropy/coef": float(self.entropy_coef)}
         reference = self.entropy_reference
         if reference is not None:  # a per-turn reference is logged as its mean over the turn indices seen
-            value = float(reference.nanmean()) if isinstance(reference, Tensor) else float(reference)
-            self.log("entropy/reference", value, on_step=False, on_epoch=True, batch_size=size)
-        self._log_turn_entropy(entropy.detach(), batch)
-        return loss
+            self._controls["entropy/reference"] = (
+                float(reference.nanmean()) if isinstance(reference, Tensor) else float(reference)
+            )
+        # Shares of the update's loss: summed over micro-batches and ranks, divided by the updates at epoch end.
+        for name, value in share.items():
+            self.train_stats[_key(name)].update(value / world)
+        for name, value in fractions.items():
+            self.train_stats[_key(name)].update(value, weight=tokens)
+        self.train_entropy.update(stats.entropy_token_mean, weight=tokens)
+        self.train_turn_entropy.update(entropy.detach(), batch.response_mask, batch.turn_index)
+        if batch.update_end:
+            self._optimizer_update()
+        return stats.loss_total
+
+    def _optimizer_update(self) -> None:
+        """Clip the policy's and the critic's gradients separately (verl clips each model's norm), then step."""
+        optimizer = self.optimizers()
+        clip = self.hparams.grad_clip
+        modules = [("policy", self.model)] + ([("critic", self.critic)] if self.critic is not None else [])
+        for name, module in modules:
+            parameters = [p for p in module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip is not None else float("inf"))
+            self.train_stats[_key(f"grad_norm/{name}")].update(_full(norm).detach().cpu())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self._updates_this_step += 1
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self.hparams.lr_interval == "step":
+            scheduler.step()
 
     def _row_reference(self, batch: TurnBatch) -> float | Tensor | None:
         """H_ref for this micro-batch: None when gated off, per row when the reference is per turn index."""
@@ -400,23 +512,6 @@ class EPOModule(pl.LightningModule):
             return None
         return torch.Generator(device=self.device).manual_seed(self.global_step * 100_003 + batch_idx)
 
-    def _log_turn_entropy(self, entropy: Tensor, batch: TurnBatch) -> None:
-        row_tokens = batch.response_mask.sum(dim=1)
-        row_entropy = (entropy * batch.response_mask).sum(dim=1)
-        for turn in batch.turn_index.unique().tolist():
-            if turn >= self.hparams.max_logged_turns:
-                continue
-            rows = batch.turn_index == turn
-            weight = row_tokens[rows].sum()
-            self.log(
-                f"entropy/turn_{turn}",
-                row_entropy[rows].sum() / weight.clamp_min(1),
-                on_step=False,
-                on_epoch=True,
-                batch_size=int(weight.item()),
-                sync_dist=True,
-            )
-
     @override
     def on_fit_start(self) -> None:
         # A validation run before fit (val_before_fit) leaves metric states created under inference mode, which the
@@ -427,12 +522,14 @@ class EPOModule(pl.LightningModule):
     @override
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
-        self.train_entropy.reset()
-        self.train_turn_entropy.reset()
+        self._updates_this_step = 0
+        for metric in [self.train_entropy, self.train_turn_entropy, *self.train_stats.values()]:
+            metric.reset()
+        self.rollout_metrics.reset()
         datamodule = getattr(self.trainer, "datamodule", None)
         stats = getattr(datamodule, "rollout_stats", {})
         if stats:
-            self.log_dict(stats, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+            self.rollout_metrics.update(stats)
         transcripts = getattr(datamodule, "transcripts", [])
         if transcripts and isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             for i, text in enumerate(transcripts):
@@ -440,7 +537,25 @@ class EPOModule(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self.log("time/train_s", time.perf_counter() - self._epoch_start, on_step=False, on_epoch=True)
+        """Log the RL step's values for the whole run (every ``compute`` here all-reduces: all ranks call it)."""
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self.hparams.lr_interval == "epoch":
+            scheduler.step()
+        self.train_stats[_key("time/train_s")].update(time.perf_counter() - self._epoch_start)
+        values: dict[str, float] = {}
+        updates = max(self._updates_this_step, 1)
+        for key, metric in self.train_stats.items():
+            value = float(metric.compute())
+            values[key.replace(":", "/")] = value / updates if key.startswith(("loss:", "critic:value")) else value
+        for name, metric in self.rollout_metrics.items():
+            if metric.update_called:
+                values[name] = float(metric.compute())
+        turns = self.train_turn_entropy.compute()[: self.hparams.max_logged_turns]
+        values.update({f"entropy/turn_{t}": float(v) for t, v in enumerate(turns.tolist()) if not math.isnan(v)})
+        values.update(self._controls)  # what this step trained with (callbacks have already set the next step's)
+        values["entropy/token_mean"] = float(self.train_entropy.compute())
+        # The values are already the same on every rank; sync_dist's mean of identical values changes none of them.
+        self.log_dict(values, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
 
     # ------------------------------------------------------------------ evaluation
     @override
@@ -477,21 +592,3 @@ class EPOModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.lr_interval},
         }
-
-    @override
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip the policy's and the critic's gradients separately (verl clips each model's own norm)."""
-        if self.critic is None or gradient_clip_val is None:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        for name, module in (("policy", self.model), ("critic", self.critic)):
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(module.parameters(), gradient_clip_val)
-            else:
-                norm = torch.nn.utils.clip_grad_norm_(module.parameters(), gradient_clip_val)
-                self.log(f"grad_norm/{name}", norm, on_step=False, on_epoch=True, batch_size=1)

@@ -84,6 +84,10 @@ class TurnBatch:
         ref_logprobs: ``[B, L]`` log-probs of the frozen reference policy, when a KL term is used.
         old_values: ``[B, L]`` critic values at response positions before the update (PPO with GAE).
         returns: ``[B, L]`` GAE returns, the critic's regression targets.
+        loss_weights: ``[B, L]`` per-token weights of this micro-batch's share of its optimizer update's loss
+            (``epo_lightning.update_weights``); None aggregates the micro-batch on its own.
+        value_weights: ``[B, L]`` the same for the critic's value loss, whose aggregation is always the token mean.
+        update_end: this is the last micro-batch of its optimizer update: the optimizer steps after it.
     """
 
     input_ids: Tensor
@@ -101,6 +105,9 @@ class TurnBatch:
     ref_logprobs: Tensor | None = None
     old_values: Tensor | None = None
     returns: Tensor | None = None
+    loss_weights: Tensor | None = None
+    value_weights: Tensor | None = None
+    update_end: bool = True
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

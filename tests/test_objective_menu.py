@@ -92,8 +92,8 @@ def test_policy_and_critic_get_their_own_learning_rates():
 
 
 def test_ppo_measures_and_clips_policy_and_critic_gradients_as_two_models(cache_dir, tiny_policy_dir, tmp_path):
-    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), advantage="gae")
-    trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0, gradient_clip_val=0.5)
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), advantage="gae", grad_clip=0.5)
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
     assert {"grad_norm/policy", "grad_norm/critic"} <= set(trainer.callback_metrics)
     assert float(trainer.callback_metrics["grad_norm/critic"]) > 0
