@@ -17,6 +17,11 @@ from typing_extensions import override
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
 
+#: Trainer settings of automatic optimization, and what sets the same thing here.
+MANUAL_OPTIMIZATION_KEYS = {
+    "gradient_clip_val": "model.init_args.grad_clip",
+    "accumulate_grad_batches": "data.init_args.mini_batch_size (rows per update) and micro_batch_size (memory)",
+}
 FORCED_CALLBACKS = {"entropy_history": "callbacks.EntropyHistory", "phase": "callbacks.PhaseScheduler"}
 
 
@@ -37,6 +42,16 @@ class EPOCLI(LightningCLI):
 
     @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        refused = {
+            "gradient_clip_val": config.get("gradient_clip_val") is not None,
+            "accumulate_grad_batches": config.get("accumulate_grad_batches") not in (None, 1),
+        }
+        for key, instead in MANUAL_OPTIMIZATION_KEYS.items():
+            if refused[key]:
+                raise ValueError(
+                    f"trainer.{key} does not apply: EPOModule runs its own optimizer updates (one per mini-batch of "
+                    f"turn rows, on every rank). Remove it and set {instead}."
+                )
         return super()._instantiate_trainer(config, [callback for callback in callbacks if callback is not None])
 
     def before_fit(self) -> None:

@@ -42,6 +42,15 @@ def test_every_config_parses_and_instantiates(config: Path) -> None:
     assert {EntropyHistory, PhaseScheduler} <= kinds
 
 
+@pytest.mark.parametrize(
+    ("setting", "instead"),
+    [("--trainer.gradient_clip_val=1.0", "grad_clip"), ("--trainer.accumulate_grad_batches=4", "mini_batch_size")],
+)
+def test_automatic_optimization_settings_are_refused_with_what_to_set_instead(setting, instead) -> None:
+    with pytest.raises(ValueError, match=instead):
+        cli_main([*FAST, setting], run=False)
+
+
 def test_debug_overlay_composes_over_quickstart() -> None:
     cli = cli_main(FAST, run=False)
     assert cli.trainer.max_epochs == 2
