@@ -1,0 +1,121 @@
+"""One rank of a multi-process fit, launched by the tests with ``torchrun`` (gloo on CPU), recording what it saw.
+
+Each rank writes ``<out>/rank<r>.pt``: its parameters before training and after every RL step, the micro-batches it
+trained on in step 0, its rollout counts and local token-entropy sums per step, its validation episodes, and (rank 0)
+the logged metrics. The tests compare these across ranks and with a one-process computation on the pooled rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer
+
+from callbacks import EntropyHistory, PhaseScheduler
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.module import EPOModule
+from epo_lightning.tiny_preset import TinyPreset
+
+#: The tests' tiny preset (tests/conftest.py), repeated here because this script runs outside pytest.
+PRESET = TinyPreset(
+    hidden_size=48,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=96,
+    prior_states=1500,
+    prior_epochs=3,
+    prior_batch_size=32,
+    prior_lr=3e-3,
+)
+
+
+def _params(module: EPOModule) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone().cpu() for name, p in module.model.named_parameters()}
+
+
+class Recorder(Callback):
+    """Keeps what the tests compare; written out by the rank at the end of fit."""
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] = {"params": [], "batches": [], "counts": [], "entropy": [], "val": []}
+
+    def on_train_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
+        self.record["initial"] = _params(pl_module)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
+        self.record["counts"].append(dict(trainer.datamodule.rollout_stats))
+        self.record["micro_batches"] = self.record.get("micro_batches", []) + [trainer.num_training_batches]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: EPOModule, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == 0:
+            self.record["batches"].append({k: v for k, v in vars(batch).items()})
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: EPOModule) -> None:
+        metric = pl_module.train_entropy  # this rank's own sums (compute() restores them after syncing)
+        self.record["entropy"].append((float(metric.mean_value), float(metric.weight)))
+        self.record["params"].append(_params(pl_module))
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: EPOModule, batch: Any, batch_idx: int, *_) -> None:
+        self.record["val"].append({"split": batch["split"], "success": batch["success"].clone()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--strategy", default="ddp")
+    parser.add_argument("--ckpt_path", default=None)
+    parser.add_argument("--save_checkpoint", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rank = int(os.environ.get("RANK", "0"))
+    # uneven on purpose: rank 0 plays 4 task groups of 4, rank 1 one group of 2 (far fewer rows)
+    data = RolloutDataModule(
+        env_kwargs={"difficulty": "easy"},
+        tasks_per_step=4 if rank == 0 else 1,
+        group_size=4 if rank == 0 else 2,
+        max_turns=6,
+        val_tasks=5,
+        micro_batch_size=4,
+        mini_batch_size=48,
+    )
+    module = EPOModule(
+        tiny=PRESET,
+        cache_dir=str(args.cache),
+        kl_coef=0.01,
+        agg="turn_traj_mean",
+        entropy_coef=0.01,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+    )
+    recorder = Recorder()
+    history = EntropyHistory()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=args.strategy,
+        max_epochs=args.steps,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=args.out,
+        callbacks=[history, PhaseScheduler(total_steps=args.steps), recorder],
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
+    if args.save_checkpoint:
+        trainer.save_checkpoint(args.save_checkpoint)
+    recorder.record["history"] = list(history.history)
+    recorder.record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    torch.save(recorder.record, args.out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

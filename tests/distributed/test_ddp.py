@@ -1,0 +1,158 @@
+"""Two-rank DDP on CPU (gloo, launched with torchrun): it finishes with uneven rollouts, keeps the ranks identical,
+equals one process trained on both ranks' rows, and logs values computed over both ranks' data."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningDataModule
+
+from datamodules.rollout_datamodule import Batches
+from epo_lightning.module import EPOModule
+from epo_lightning.types import TurnBatch
+from epo_lightning.update_weights import update_token_weights
+from tests.conftest import make_trainer
+
+ROOT = Path(__file__).parents[2]
+WORKER = Path(__file__).with_name("fit_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(out: Path, cache: Path, *args: str, timeout: float = 600) -> list[dict]:
+    """Run ``fit_worker.py`` on two gloo ranks and return each rank's record."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(WORKER),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        *args,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[list[dict], Path]:
+    """Three RL steps on two ranks that build the tiny preset into one fresh cache at the same time."""
+    root = tmp_path_factory.mktemp("ddp")
+    return torchrun(root / "out", root / "cache", "--steps", "3"), root / "cache"
+
+
+def test_uneven_ranks_run_the_same_micro_batches_train_every_row_once_and_stay_identical(ddp_run):
+    (rank0, rank1), cache = ddp_run
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # built once, by one rank
+    rows0, rows1 = rank0["counts"][0]["rows"], rank1["counts"][0]["rows"]
+    assert rows0 >= 4 * rows1  # far more rows on rank 0
+    assert rank0["micro_batches"] == rank1["micro_batches"]  # every step, whatever the row counts
+    assert any(float(b["response_mask"].sum()) == 0 for b in rank1["batches"])  # rank 1 ran out: padding batches
+    for record in (rank0, rank1):
+        trained = sum(int((b["response_mask"].sum(dim=1) > 0).sum()) for b in record["batches"])
+        assert trained == record["counts"][0]["rows"]  # every row of the rank's rollout, once
+    for step in range(3):
+        for name, value in rank0["params"][step].items():
+            assert torch.equal(value, rank1["params"][step][name]), (step, name)
+    assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["params"][-1].items())
+
+
+def _pool(first: dict, second: dict, pad_id: int) -> TurnBatch:
+    """One micro-batch holding both ranks' rows (right-padded to one width; rank 1's trajectory ids moved apart)."""
+    width = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
+    fields = {}
+    for name, value in first.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        other = second[name]
+        if name == "traj_index":
+            other = torch.where(other >= 0, other + 10_000, other - 10_000)
+        if value.dim() == 2:
+            fill = pad_id if name == "input_ids" else 0
+            value, other = (torch.nn.functional.pad(v, (0, width - v.shape[1]), value=fill) for v in (value, other))
+        fields[name] = torch.cat([value, other])
+    return TurnBatch(**fields, update_end=first["update_end"])
+
+
+class PooledData(LightningDataModule):
+    def __init__(self, batches: list[TurnBatch]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> Batches[TurnBatch]:
+        return Batches(self.batches)
+
+
+def test_ddp_update_equals_one_process_on_the_pooled_rows(ddp_run, tmp_path):
+    (rank0, rank1), cache = ddp_run
+    pooled = [_pool(a, b, pad_id=0) for a, b in zip(rank0["batches"], rank1["batches"], strict=True)]
+    updates, current = [], []
+    for batch in pooled:
+        current.append(batch)
+        if batch.update_end:
+            updates.append(current)
+            current = []
+    assert len(updates) >= 2 and len(pooled) > len(updates)  # several updates of several micro-batches
+    # the weights each rank computed over its update are the one-process weights of the pooled update (Eq. 2)
+    expected = [w for update in update_token_weights(updates, "turn_traj_mean") for w in update]
+    for batch, weights in zip(pooled, expected, strict=True):
+        torch.testing.assert_close(batch.loss_weights, weights, rtol=1e-6, atol=1e-9)
+    assert sum(float(w.sum()) for w in expected) == pytest.approx(len(updates))  # each update's weights sum to 1
+
+    policy_dir = next(p for p in cache.iterdir() if p.is_dir())
+    module = EPOModule(
+        policy=str(policy_dir),
+        kl_coef=0.01,
+        agg="turn_traj_mean",
+        entropy_coef=0.01,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+    )
+    make_trainer(tmp_path, max_epochs=1).fit(module, datamodule=PooledData(pooled))
+    moved = 0.0
+    for name, param in module.model.named_parameters():
+        torch.testing.assert_close(param.detach(), rank0["params"][0][name], rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((param.detach() - rank0["initial"][name]).abs().max()))
+    assert moved > 1e-3  # the update is far larger than the tolerance
+
+
+def test_logged_values_pool_both_ranks(ddp_run):
+    (rank0, rank1), _ = ddp_run
+    metrics = rank0["metrics"]
+    last0, last1 = rank0["counts"][-1], rank1["counts"][-1]
+    pooled = {key: last0[key] + last1[key] for key in last0}
+    assert metrics["rollout/success_rate"] == pytest.approx(pooled["successes"] / pooled["episodes"])
+    assert metrics["rollout/valid_action_ratio"] == pytest.approx(pooled["valid_turns"] / pooled["turns"])
+    assert metrics["rollout/episode_len"] == pytest.approx(pooled["turns"] / pooled["episodes"])
+    assert metrics["rollout/turn_samples"] == pooled["rows"]
+    assert metrics["rollout/env_errors"] == pooled["env_errors"]
+    rate = last0["generated_tokens"] / last0["seconds"] + last1["generated_tokens"] / last1["seconds"]
+    assert metrics["rollout/tokens_per_s"] == pytest.approx(rate, rel=1e-5)
+    assert metrics["time/rollout_s"] == pytest.approx(max(last0["seconds"], last1["seconds"]))
+    # H̄_k, what EntropyHistory records: the token-weighted mean over both ranks' response tokens
+    for k, ((sum0, tokens0), (sum1, tokens1)) in enumerate(zip(rank0["entropy"], rank1["entropy"], strict=True)):
+        assert rank0["history"][k] == pytest.approx((sum0 + sum1) / (tokens0 + tokens1), rel=1e-5)
+    assert rank0["history"] == rank1["history"]
+    assert metrics["entropy/reference"] == pytest.approx(sum(rank0["history"][:2]) / 2, rel=1e-5)
+    assert metrics["entropy/token_mean"] == pytest.approx(rank0["history"][-1], rel=1e-5)
+    assert "entropy/turn_0" in metrics
+    for split, name in (("val_iid", "val/success_rate"), ("val_ood", "val_ood/success_rate")):
+        successes = torch.cat([v["success"] for r in (rank0, rank1) for v in r["val"] if v["split"] == split])
+        assert successes.numel() == 5  # every validation task exactly once
+        assert metrics[name] == pytest.approx(float(successes.mean()))
