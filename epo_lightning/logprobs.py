@@ -99,3 +99,26 @@ def keep_in_graph(output: Tensor, head: nn.Module, hidden: Tensor) -> Tensor:
     this rank never produces. The zero gives every parameter a (zero) gradient, so every rank reduces the same ones.
     """
     return output + 0.0 * head(hidden[:1, :1]).float().sum()
+
+
+class ResponseScorer(nn.Module):
+    """A causal LM whose ``forward`` is ``response_logprobs_and_entropy``: the module that training calls.
+
+    Scoring runs the backbone and the output head separately (only response positions are projected), so it cannot go
+    through the language model's own ``forward``. Wrapping it in one module keeps it a single forward call, which is
+    what DDP and FSDP2 hook: under ``fully_shard`` this wrapper is the root unit that gathers the embeddings, final
+    norm and output head, and reduces their gradients.
+
+    Args:
+        lm: a Hugging Face causal LM (``get_decoder()`` and ``get_output_embeddings()``), kept as ``self.lm``.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, temperature: float, chunk_size: int
+    ) -> tuple[Tensor, Tensor]:
+        """``(logprobs, entropy)`` ``[B, T]`` at the response positions (see ``response_logprobs_and_entropy``)."""
+        return response_logprobs_and_entropy(self.lm, input_ids, attention_mask, response_mask, temperature, chunk_size)

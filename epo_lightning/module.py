@@ -37,11 +37,12 @@ from epo_lightning.advantages import (
     rloo_advantages,
 )
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
-from epo_lightning.logprobs import response_logprobs_and_entropy
+from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import generate_responses, load_policy
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
+from epo_lightning.sharding import shard, unsharded
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
 from epo_lightning.turn_entropy import TurnEntropy
 from epo_lightning.types import TurnBatch
@@ -209,8 +210,9 @@ class EPOModule(pl.LightningModule):
         self.policy_name = policy
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.model: torch.nn.Module | None = None
-        self.ref_model: torch.nn.Module | None = None
+        # Built in configure_model: the trained policy, its frozen KL reference and the PPO critic.
+        self.actor: ResponseScorer | None = None
+        self.reference: ResponseScorer | None = None
         self.critic: ValueModel | None = None
         self.tokenizer: Any = None
         # Set by callbacks (EntropyHistory, PhaseScheduler, AdaptiveEntropyCoef); read by training_step. A tensor
@@ -251,14 +253,44 @@ class EPOModule(pl.LightningModule):
         return metrics
 
     # ------------------------------------------------------------------ policy construction
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The trained policy, a Hugging Face causal LM (what rollouts sample from and what is exported)."""
+        return None if self.actor is None else self.actor.lm
+
     @override
-    def setup(self, stage: str) -> None:
-        if self.model is None:
-            self.model, self.tokenizer = self._load_policy()
-            if self.loss_config.kl_coef > 0:
-                self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            if self.hparams.advantage == "gae":
-                self.critic = ValueModel(self.model)
+    def configure_model(self) -> None:
+        """Build the policy, the KL reference and the critic, and shard them under ``ModelParallelStrategy``.
+
+        Lightning calls this after ``setup`` on every rank (the tiny preset needs the DataModule's environment) and
+        before the strategy wraps the module, which is where sharded initialization belongs.
+        """
+        if self.actor is not None:
+            return
+        model, self.tokenizer = self._load_policy()
+        self.actor = ResponseScorer(model)
+        if self.loss_config.kl_coef > 0:
+            self.reference = ResponseScorer(copy.deepcopy(model)).eval().requires_grad_(False)
+        if self.hparams.advantage == "gae":
+            self.critic = ValueModel(model)
+        mesh = self._data_parallel_mesh()
+        if mesh is not None:
+            for scorer in filter(None, (self.actor, self.reference)):
+                shard(scorer, scorer.lm.get_decoder().layers, mesh)
+            if self.critic is not None:
+                shard(self.critic, self.critic.backbone.layers, mesh)
+
+    def _data_parallel_mesh(self) -> Any:
+        """The mesh to shard over with FSDP2 (``ModelParallelStrategy``), or None under any other strategy."""
+        mesh = self.device_mesh if self._trainer is not None else None
+        if mesh is None:
+            return None
+        if mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                "EPOModule shards with FSDP2 only: set trainer.strategy.init_args.tensor_parallel_size: 1 and "
+                f"data_parallel_size: {mesh.size()} (the world size) for ModelParallelStrategy."
+            )
+        return mesh["data_parallel"]
 
     def _load_policy(self) -> tuple[torch.nn.Module, Any]:
         if self.policy_name != "tiny":
@@ -277,15 +309,16 @@ class EPOModule(pl.LightningModule):
     def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> list[list[int]]:
         """Sample one response per prompt (token ids) at the training or evaluation temperature."""
         temperature = self.hparams.val_temperature if evaluation else self.hparams.temperature
-        return generate_responses(self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens)
+        with unsharded(self.actor):  # ranks sample different lengths: no per-block gathers while decoding
+            return generate_responses(self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens)
 
     @torch.no_grad()
     def score(self, batch: TurnBatch) -> TurnBatch:
         """Fill the rollout policy's log-probs and entropy, the reference log-probs (KL) and the critic values (GAE)."""
         batch = batch.to(self.device)
-        batch.old_logprobs, batch.old_entropy = self._logprobs(self.model, batch)
-        if self.ref_model is not None:
-            batch.ref_logprobs, _ = self._logprobs(self.ref_model, batch)
+        batch.old_logprobs, batch.old_entropy = self._logprobs(self.actor, batch)
+        if self.reference is not None:
+            batch.ref_logprobs, _ = self._logprobs(self.reference, batch)
         if self.critic is not None:
             batch.old_values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
         return batch
@@ -384,14 +417,14 @@ class EPOModule(pl.LightningModule):
             for batch, values in zip(batches, whitened.split(sizes), strict=True):
                 batch.advantages = torch.zeros_like(batch.advantages).masked_scatter(batch.response_mask.bool(), values)
 
-    def _logprobs(self, model: torch.nn.Module, batch: TurnBatch) -> tuple[Tensor, Tensor]:
-        return response_logprobs_and_entropy(
-            model,
+    def _logprobs(self, scorer: ResponseScorer, batch: TurnBatch) -> tuple[Tensor, Tensor]:
+        """Log-probs and entropy of the response tokens under ``scorer`` at the training temperature."""
+        return scorer(
             batch.input_ids,
             batch.attention_mask,
             batch.response_mask,
-            temperature=self.hparams.temperature,
-            chunk_size=self.hparams.logprob_chunk_size,
+            self.hparams.temperature,
+            self.hparams.logprob_chunk_size,
         )
 
     # ------------------------------------------------------------------ training
@@ -410,7 +443,7 @@ class EPOModule(pl.LightningModule):
             weights = update_token_weights([[batch]], self.loss_config.agg)[0][0].to(self.device)
             batch.update_end = True
         world = self.trainer.world_size
-        logprobs, entropy = self._logprobs(self.model, batch)
+        logprobs, entropy = self._logprobs(self.actor, batch)
         loss, stats = epo_loss(
             logprobs,
             batch.old_logprobs,
@@ -484,7 +517,7 @@ class EPOModule(pl.LightningModule):
         """Clip the policy's and the critic's gradients separately (verl clips each model's norm), then step."""
         optimizer = self.optimizers()
         clip = self.hparams.grad_clip
-        modules = [("policy", self.model)] + ([("critic", self.critic)] if self.critic is not None else [])
+        modules = [("policy", self.actor)] + ([("critic", self.critic)] if self.critic is not None else [])
         for name, module in modules:
             parameters = [p for p in module.parameters() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip is not None else float("inf"))
@@ -579,12 +612,12 @@ class EPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     @override
     def configure_optimizers(self) -> Any:
-        params: Any = self.model.parameters()
+        params: Any = self.actor.parameters()
         if self.critic is not None:
             critic_group = {"params": list(self.critic.parameters())}
             if self.hparams.critic_lr is not None:
                 critic_group["lr"] = self.hparams.critic_lr
-            params = [{"params": list(self.model.parameters())}, critic_group]
+            params = [{"params": list(self.actor.parameters())}, critic_group]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer

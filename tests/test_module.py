@@ -17,7 +17,7 @@ class RecordingModule(EPOModule):
 
     def training_step(self, batch, batch_idx):
         if batch_idx == 0:
-            logprobs, _ = self._logprobs(self.model, batch)
+            logprobs, _ = self._logprobs(self.actor, batch)
             self.first_log_ratios.append(((logprobs - batch.old_logprobs) * batch.response_mask).detach())
         self.seen.append((self.current_epoch, self.entropy_reference, self.beta))
         return super().training_step(batch, batch_idx)
@@ -38,12 +38,12 @@ def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_and_parameters_move(cac
         assert torch.equal(log_ratio, torch.zeros_like(log_ratio))
     initial = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
     initial.trainer = trainer  # reuse the built datamodule to load the same initial weights from the cache
-    initial.setup("fit")
+    initial.configure_model()
     changed = [
         not torch.equal(p, q) for p, q in zip(module.model.parameters(), initial.model.parameters(), strict=True)
     ]
     assert all(changed)
-    frozen = [torch.equal(p, q) for p, q in zip(module.ref_model.parameters(), initial.model.parameters(), strict=True)]
+    frozen = [torch.equal(p, q) for p, q in zip(module.reference.parameters(), initial.model.parameters(), strict=True)]
     assert all(frozen)
     metrics = trainer.callback_metrics
     for key in (
@@ -97,7 +97,7 @@ def test_tiny_policy_without_a_rollout_datamodule_says_what_to_change(cache_dir,
     module = _module(cache_dir)
     module.trainer = make_trainer(tmp_path)
     with pytest.raises(RuntimeError, match="RolloutDataModule"):
-        module.setup("fit")
+        module.configure_model()
 
 
 def test_bad_arguments_fail_at_construction():

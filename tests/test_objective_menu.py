@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from callbacks import AdaptiveEntropyCoef, EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.critic import ValueModel
+from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.module import EPOModule
 from epo_lightning.types import TurnBatch
 from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
@@ -84,7 +85,7 @@ def test_value_model_starts_as_the_policy_backbone_and_reads_the_state_before_ea
 
 def test_policy_and_critic_get_their_own_learning_rates():
     module = EPOModule(advantage="gae", critic_lr=5e-3, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
-    module.model = _tiny_llama()
+    module.actor = ResponseScorer(_tiny_llama())
     module.critic = ValueModel(module.model)
     optimizer = module.configure_optimizers()
     assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 5e-3]

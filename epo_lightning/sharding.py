@@ -1,0 +1,50 @@
+"""Sharding the policy, its reference and the critic with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+Lightning's ``ModelParallelStrategy`` creates the device mesh and calls ``EPOModule.configure_model``, which builds the
+models and shards them here: every transformer block is its own unit (its parameters are gathered just before it runs
+and freed after), and the wrapping module (``ResponseScorer`` or ``ValueModel``) is the root unit holding the
+embeddings, final norm and heads. Parameters, gradients and optimizer states are then 1/world per rank.
+
+Generation cannot run sharded: ranks sample responses of different lengths, so they would call the blocks a different
+number of times and their parameter all-gathers would pair up wrongly (a hang). ``unsharded`` gathers the whole model
+once before a rollout and frees it after, at the memory cost of one full copy of the policy's parameters per rank for
+the duration of the rollout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+
+
+def shard(root: nn.Module, blocks: Iterable[nn.Module], mesh: DeviceMesh) -> None:
+    """``fully_shard`` each of ``blocks``, then ``root`` (which holds what the blocks do not), over ``mesh``."""
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+
+
+@contextmanager
+def unsharded(module: nn.Module) -> Iterator[None]:
+    """Hold every FSDP2 unit of ``module`` gathered (a no-op for a module that is not sharded).
+
+    The blocks must not reshard after their forward while held (the next decoding step would gather them again, a
+    collective the other ranks may not make); the root keeps FSDP's own setting, as its forward is not called.
+    """
+    units = [unit for unit in module.modules() if isinstance(unit, FSDPModule)]
+    blocks = [unit for unit in units if unit is not module]
+    for unit in units:
+        unit.unshard()
+    for block in blocks:
+        block.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.set_reshard_after_forward(True)
+        for unit in units:
+            unit.reshard()
