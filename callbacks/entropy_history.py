@@ -164,7 +164,10 @@ class EntropyHistory(Callback):
         pl_module.entropy_reference = self.reference()
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", *_: Any) -> None:
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # Strategies that restore a checkpoint after setup (ModelParallelStrategy/FSDP2, DeepSpeed) load this
+        # callback's history after on_fit_start: push the reference again, before the first update.
+        pl_module.entropy_reference = self.reference()
         if len(self.history) != trainer.current_epoch:
             rank_zero_warn(
                 f"EntropyHistory holds {len(self.history)} entropies but training starts at RL step "

@@ -10,8 +10,8 @@ released code's ``code_piecewise`` weight (epo-spec 4.2, ``_calculate_epoch_base
     w_k = 0.8 * exp(-3 (k - half) / (K - half))         for k > half,   with K hard-coded to 150 in the code.
 
 One Lightning epoch is one RL step k. The beta of step k + 1 is pushed in ``on_train_epoch_end`` of step k, since its
-rollouts are collected before ``on_train_epoch_start`` (style-anchors P1), and that of the first step in
-``on_fit_start``, from the step a checkpoint recorded (``trainer.current_epoch`` is only restored after that hook).
+rollouts are collected before ``on_train_epoch_start``, and that of the first step in ``on_fit_start`` and again in
+``on_train_start``, where the step a checkpoint restored is known under every strategy (some restore after setup).
 """
 
 import math
@@ -133,8 +133,9 @@ class PhaseScheduler(Callback):
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if trainer.current_epoch != self.epoch:  # the checkpoint carried no state for this callback
-            self._apply(pl_module, trainer.current_epoch)
+        # The step training starts at, whether a checkpoint restored this callback before on_fit_start (DDP), after
+        # it (strategies that restore after setup: ModelParallelStrategy/FSDP2), or not at all.
+        self._apply(pl_module, trainer.current_epoch)
 
     @override
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

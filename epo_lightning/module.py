@@ -213,6 +213,7 @@ class EPOModule(pl.LightningModule):
         # Built in configure_model: the trained policy, its frozen KL reference and the PPO critic.
         self.actor: ResponseScorer | None = None
         self.reference: ResponseScorer | None = None
+        self._roots_initialized = False
         self.critic: ValueModel | None = None
         self.tokenizer: Any = None
         # Set by callbacks (EntropyHistory, PhaseScheduler, AdaptiveEntropyCoef); read by training_step. A tensor
@@ -309,8 +310,27 @@ class EPOModule(pl.LightningModule):
     def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> list[list[int]]:
         """Sample one response per prompt (token ids) at the training or evaluation temperature."""
         temperature = self.hparams.val_temperature if evaluation else self.hparams.temperature
+        if not self._roots_initialized:
+            self._initialize_sharded_roots()
         with unsharded(self.actor):  # ranks sample different lengths: no per-block gathers while decoding
             return generate_responses(self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens)
+
+    @torch.no_grad()
+    def _initialize_sharded_roots(self) -> None:
+        """One forward of each model through its root module before anything calls its blocks on their own.
+
+        FSDP2 makes the first unit whose forward runs the root of its lazy initialization; generation calls the
+        language model directly, so without this its first block would claim that role. Harmless when not sharded.
+        """
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((1, 2), pad, dtype=torch.long, device=self.device)
+        ones = torch.ones_like(ids)
+        response = torch.tensor([[0.0, 1.0]], device=self.device)
+        for scorer in filter(None, (self.actor, self.reference)):
+            scorer(ids, ones, response, self.hparams.temperature, self.hparams.logprob_chunk_size)
+        if self.critic is not None:
+            self.critic(ids, ones, response)
+        self._roots_initialized = True
 
     @torch.no_grad()
     def score(self, batch: TurnBatch) -> TurnBatch:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
@@ -34,7 +35,12 @@ PRESET = TinyPreset(
 
 
 def _params(module: EPOModule) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone().cpu() for name, p in module.model.named_parameters()}
+    """The policy's full parameters (sharded ones are gathered: every rank must call this)."""
+    full = {}
+    for name, param in module.model.named_parameters():
+        value = param.detach()
+        full[name] = (value.full_tensor() if hasattr(value, "full_tensor") else value).clone().cpu()
+    return full
 
 
 class Recorder(Callback):
@@ -68,10 +74,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--phase_steps", type=int, default=3, help="K of the phase schedule, fixed across runs")
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--ckpt_path", default=None)
     parser.add_argument("--save_checkpoint", default=None)
     args = parser.parse_args()
+    strategy = args.strategy
+    if strategy == "fsdp":  # FSDP2 over both ranks
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
     # uneven on purpose: rank 0 plays 4 task groups of 4, rank 1 one group of 2 (far fewer rows)
@@ -97,7 +107,7 @@ def main() -> None:
     trainer = Trainer(
         accelerator="cpu",
         devices=2,
-        strategy=args.strategy,
+        strategy=strategy,
         max_epochs=args.steps,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
@@ -107,7 +117,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=args.out,
-        callbacks=[history, PhaseScheduler(total_steps=args.steps), recorder],
+        callbacks=[history, PhaseScheduler(total_steps=args.phase_steps), recorder],
     )
     trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
     if args.save_checkpoint:

@@ -3,12 +3,6 @@ equals one process trained on both ranks' rows, and logs values computed over bo
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule
@@ -18,44 +12,6 @@ from epo_lightning.module import EPOModule
 from epo_lightning.types import TurnBatch
 from epo_lightning.update_weights import update_token_weights
 from tests.conftest import make_trainer
-
-ROOT = Path(__file__).parents[2]
-WORKER = Path(__file__).with_name("fit_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun(out: Path, cache: Path, *args: str, timeout: float = 600) -> list[dict]:
-    """Run ``fit_worker.py`` on two gloo ranks and return each rank's record."""
-    out.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        str(WORKER),
-        "--out",
-        str(out),
-        "--cache",
-        str(cache),
-        *args,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
-
-
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> tuple[list[dict], Path]:
-    """Three RL steps on two ranks that build the tiny preset into one fresh cache at the same time."""
-    root = tmp_path_factory.mktemp("ddp")
-    return torchrun(root / "out", root / "cache", "--steps", "3"), root / "cache"
 
 
 def test_uneven_ranks_run_the_same_micro_batches_train_every_row_once_and_stay_identical(ddp_run):

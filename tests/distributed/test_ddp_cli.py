@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from tests.distributed.test_ddp import ROOT, _free_port
+from tests.distributed.launch import ENV, ROOT, free_port
 
 
 def _epo_fit(root: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         "-m", "epo_lightning.cli", "fit", "--config", "configs/quickstart.yaml",
         "--trainer.strategy=ddp", "--trainer.devices=2", f"--trainer.default_root_dir={root}",
         "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
@@ -25,8 +25,7 @@ def _epo_fit(root: Path, cache: Path, *extra: str) -> subprocess.CompletedProces
         "--data.init_args.max_turns=4", "--data.init_args.val_tasks=3", "--data.init_args.micro_batch_size=4",
         "--data.init_args.mini_batch_size=8", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=600)
 
 
 def test_epo_fit_under_torchrun_logs_and_checkpoints_once_and_resumes(tmp_path):
