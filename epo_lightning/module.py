@@ -39,7 +39,7 @@ from epo_lightning.advantages import (
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.losses import EPOLossConfig, epo_loss
-from epo_lightning.policy import generate_responses, load_policy
+from epo_lightning.policy import enable_gradient_checkpointing, generate_responses, load_policy
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
@@ -68,6 +68,8 @@ class EPOModule(pl.LightningModule):
         tiny: size and format-prior budget of the ``tiny`` preset.
         dtype: parameter dtype of a pretrained policy (``float32`` on CPU; ``bfloat16`` on GPU).
         cache_dir: where the tiny preset is built once and reused.
+        gradient_checkpointing: recompute each transformer block of the policy (and critic) in the backward instead
+            of storing its activations (non-reentrant): much less activation memory for about one more forward.
         optimizer: optimizer factory, chosen in YAML (AdamW by default). With a critic it gets two parameter groups,
             the policy's and the critic's (at ``critic_lr``): one AdamW over two groups updates each parameter exactly
             as two AdamWs would, since Adam's state is per parameter.
@@ -125,6 +127,7 @@ class EPOModule(pl.LightningModule):
         tiny: TinyPreset | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         cache_dir: str = "~/.cache/epo_lightning",
+        gradient_checkpointing: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["step", "epoch"] = "step",
@@ -269,6 +272,8 @@ class EPOModule(pl.LightningModule):
         if self.actor is not None:
             return
         model, self.tokenizer = self._load_policy()
+        if self.hparams.gradient_checkpointing:  # before the copies: the critic's backbone inherits it
+            enable_gradient_checkpointing(model)
         self.actor = ResponseScorer(model)
         if self.loss_config.kl_coef > 0:
             self.reference = ResponseScorer(copy.deepcopy(model)).eval().requires_grad_(False)

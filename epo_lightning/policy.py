@@ -31,6 +31,18 @@ def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTr
     return model, tokenizer
 
 
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each transformer block in the backward instead of storing its activations (non-reentrant).
+
+    transformers 5 names it ``activation_checkpointing_enable``; 4.x ``gradient_checkpointing_enable``.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @torch.no_grad()
 def generate_responses(
     model: PreTrainedModel,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 import epo_lightning.logprobs as logprobs_module
-from epo_lightning.logprobs import response_logprobs_and_entropy
+from epo_lightning.logprobs import ResponseScorer, response_logprobs_and_entropy
+from epo_lightning.policy import enable_gradient_checkpointing
 
 VOCAB, PAD = 50, 0
 
@@ -195,3 +197,31 @@ def test_argument_errors(model, batch):
     bad[1, 0] = 1
     with pytest.raises(ValueError, match="position 0"):
         response_logprobs_and_entropy(model, input_ids, attention, bad)
+
+
+def test_a_micro_batch_without_response_tokens_still_gives_every_parameter_a_zero_gradient(model, batch):
+    input_ids, attention, response = batch
+    model.zero_grad(set_to_none=True)
+    logp, entropy = response_logprobs_and_entropy(model, input_ids, attention, torch.zeros_like(response))
+    (logp.sum() + entropy.sum()).backward()  # what DDP needs: every rank reduces the same parameters
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() == 0, name
+    model.zero_grad(set_to_none=True)
+
+
+def test_gradient_checkpointing_of_the_blocks_gives_the_same_gradients(model, batch):
+    checkpointed = copy.deepcopy(model).train()
+    enable_gradient_checkpointing(checkpointed)
+    assert checkpointed.is_gradient_checkpointing
+    grads, block_calls = [], []
+    for candidate in (copy.deepcopy(model).train(), checkpointed):
+        calls = []
+        candidate.get_decoder().layers[0].self_attn.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        logp, entropy = ResponseScorer(candidate)(*batch, temperature=1.0, chunk_size=4)
+        (logp.sum() - 0.1 * entropy.sum()).backward()
+        grads.append({name: p.grad for name, p in candidate.named_parameters()})
+        block_calls.append(len(calls))
+    assert block_calls == [1, 2]  # the checkpointed block is recomputed in the backward
+    for name, grad in grads[0].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
