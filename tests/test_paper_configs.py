@@ -49,6 +49,13 @@ def test_paper_config_is_true_to_the_tables(path):
     assert data["mini_batch_size"] == mini and data["val_tasks"] == 128  # both over all ranks
     assert data["invalid_action_penalty"] / data["reward_scale"] == 0.01  # the released code's 0.1 : 10
     assert model["grad_clip"] == 1.0 and "gradient_clip_val" not in trainer
+    assert model["gradient_checkpointing"]
+    # what fits on 8 x 80 GB (benchmarks/paper_memory.py): DDP for the 3B GRPO runs, FSDP2 for the critic and for 7B
+    if env == "alfworld" and method == "grpo":
+        assert trainer["strategy"] == "ddp"
+    else:
+        assert trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")
+        assert trainer["strategy"]["init_args"] == {"data_parallel_size": 8, "tensor_parallel_size": 1}
     if epo:
         assert (model["entropy_coef"], model["kappa_l"], model["kappa_r"], model["alpha"]) == (0.001, 0.0, 2.0, alpha)
         assert raw["phase"]["init_args"] == {"schedule": "paper_exp", "gamma": 3.0}
