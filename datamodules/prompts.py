@@ -7,9 +7,9 @@ length is bounded by ``history_length`` and does not grow with the episode. The 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # environment workers import this module: keep transformers out of their start-up
     from transformers import PreTrainedTokenizerBase
@@ -33,10 +33,15 @@ class PromptBuilder:
     Args:
         history_length: how many previous (observation, action) pairs the prompt shows (the paper uses 2).
         use_chat_template: wrap the text as a chat user message when the tokenizer has a chat template.
+        system_prompt: the system message of the chat; None sends the user message alone (the chat template then
+            adds its own default system message, if it has one).
+        chat_template_kwargs: extra variables for the chat template (e.g. ``{"enable_thinking": false}``).
     """
 
     history_length: int = 2
     use_chat_template: bool = True
+    system_prompt: str | None = CHAT_INSTRUCTION
+    chat_template_kwargs: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.history_length < 0:
@@ -52,9 +57,16 @@ class PromptBuilder:
         return "\n".join(parts)
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-        """Token ids of the prompt, through the chat template when the tokenizer has one."""
+        """Token ids of the prompt, through the chat template when the tokenizer has one.
+
+        The template is rendered to text and then tokenized without special tokens (what ``apply_chat_template``
+        does itself), because its ``tokenize=True`` result differs between transformers 4.x (a list) and 5.x (a
+        ``BatchEncoding``).
+        """
         if self.use_chat_template and getattr(tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": CHAT_INSTRUCTION}, {"role": "user", "content": text}]
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+            messages.append({"role": "user", "content": text})
+            text = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, **dict(self.chat_template_kwargs or {})
+            )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])

