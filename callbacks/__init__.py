@@ -1,7 +1,8 @@
-"""The control plane: callbacks that set the entropy reference, the phase weight and the entropy coefficient."""
+"""The control plane: entropy reference, phase weight, entropy coefficient, and the export of the trained policy."""
 
 from callbacks.adaptive_entropy_coef import AdaptiveEntropyCoef
 from callbacks.entropy_history import EntropyHistory
+from callbacks.export_policy import ExportPolicy
 from callbacks.phase_scheduler import PhaseScheduler
 
-__all__ = ["AdaptiveEntropyCoef", "EntropyHistory", "PhaseScheduler"]
+__all__ = ["AdaptiveEntropyCoef", "EntropyHistory", "ExportPolicy", "PhaseScheduler"]

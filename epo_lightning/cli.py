@@ -1,4 +1,4 @@
-"""``epo fit|validate|test --config configs/<x>.yaml``: the one place that imports all three planes.
+"""``epo fit|validate|test --config configs/<x>.yaml`` and ``epo export``: the one place that imports all three planes.
 
 The entropy-history and phase-scheduler callbacks are typed slots of the CLI (``entropy_history:`` and ``phase:``)
 that default to ``callbacks.EntropyHistory`` and ``callbacks.PhaseScheduler``. A user replaces either with any
@@ -8,6 +8,7 @@ that default to ``callbacks.EntropyHistory`` and ``callbacks.PhaseScheduler``. A
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
@@ -77,7 +78,12 @@ def cli_main(args: ArgsType = None, run: bool = True) -> EPOCLI:
 
 
 def main() -> None:
-    """The ``epo`` console script (returns nothing, so the process exits 0 on success)."""
+    """The ``epo`` console script: ``fit|validate|test`` (LightningCLI) and ``export`` (returns None: exit 0)."""
+    if sys.argv[1:2] == ["export"]:
+        from epo_lightning.export import main as export_main
+
+        export_main(sys.argv[2:])
+        return
     cli_main()
 
 

@@ -40,7 +40,7 @@ from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import enable_gradient_checkpointing, generate_responses, load_policy
-from epo_lightning.pretrained import resolve_policy
+from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
@@ -128,7 +128,7 @@ class EPOModule(pl.LightningModule):
     def __init__(
         self,
         policy: str = "tiny",
-        tiny: TinyPreset | None = None,
+        tiny: TinyPreset | dict[str, Any] | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         cache_dir: str = "~/.cache/epo_lightning",
         attn_implementation: str | None = None,
@@ -190,7 +190,7 @@ class EPOModule(pl.LightningModule):
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny"])
-        self.tiny = tiny or TinyPreset()
+        self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
         self.hparams["tiny"] = asdict(self.tiny)  # plain types only: checkpoints load with weights_only=True
         self.loss_config = EPOLossConfig(
             clip_low=clip_low,
@@ -222,6 +222,7 @@ class EPOModule(pl.LightningModule):
         self.actor: ResponseScorer | None = None
         self.reference: ResponseScorer | None = None
         self._roots_initialized = False
+        self._policy_source: str | None = None  # the directory or hub id the policy was loaded from
         self.critic: ValueModel | None = None
         self.tokenizer: Any = None
         # Set by callbacks (EntropyHistory, PhaseScheduler, AdaptiveEntropyCoef); read by training_step. A tensor
@@ -268,13 +269,26 @@ class EPOModule(pl.LightningModule):
         return None if self.actor is None else self.actor.lm
 
     @override
+    def setup(self, stage: str) -> None:
+        if self.policy_name == "tiny" and self._policy_source is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "format_prior_examples"):
+                raise RuntimeError(
+                    "model.policy='tiny' builds its tokenizer and format prior from the environment: train with a "
+                    "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
+                )
+
+    @override
     def configure_model(self) -> None:
         """Build the policy, the KL reference and the critic, and shard them under ``ModelParallelStrategy``.
 
         Lightning calls this after ``setup`` on every rank (the tiny preset needs the DataModule's environment) and
-        before the strategy wraps the module, which is where sharded initialization belongs.
+        before the strategy wraps the module, which is where sharded initialization belongs. ``load_from_checkpoint``
+        calls it without a Trainer: a tiny policy then waits for ``on_load_checkpoint``, which knows its directory.
         """
-        if self.actor is not None:
+        if self.actor is not None or (
+            self.policy_name == "tiny" and self._policy_source is None and not self._has_env()
+        ):
             return
         model, self.tokenizer = self._load_policy()
         if self.hparams.gradient_checkpointing:  # before the copies: the critic's backbone inherits it
@@ -291,6 +305,9 @@ class EPOModule(pl.LightningModule):
             if self.critic is not None:
                 shard(self.critic, self.critic.backbone.layers, mesh)
 
+    def _has_env(self) -> bool:
+        return hasattr(getattr(self._trainer, "datamodule", None), "format_prior_examples")
+
     def _data_parallel_mesh(self) -> Any:
         """The mesh to shard over with FSDP2 (``ModelParallelStrategy``), or None under any other strategy."""
         mesh = self.device_mesh if self._trainer is not None else None
@@ -304,18 +321,43 @@ class EPOModule(pl.LightningModule):
         return mesh["data_parallel"]
 
     def _load_policy(self) -> tuple[torch.nn.Module, Any]:
-        if self.policy_name != "tiny":
-            path = resolve_policy(self.policy_name, self.hparams.cache_dir)
-            return load_policy(path, self.hparams.dtype, self.hparams.attn_implementation)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "format_prior_examples"):
-            raise RuntimeError(
-                "model.policy='tiny' builds its tokenizer and format prior from the environment: train with a "
-                "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
+        """Load the policy from where a checkpoint says it came from, by name, or by building the tiny preset."""
+        if self._policy_source is None and self.policy_name == "tiny":
+            datamodule = self.trainer.datamodule
+            examples = datamodule.format_prior_examples(self.tiny.prior_states, self.tiny.seed)
+            vocabulary = datamodule.vocabulary(examples)
+            self._policy_source = str(load_or_build_tiny(vocabulary, examples, self.tiny, Path(self.hparams.cache_dir)))
+        elif self._policy_source is None:
+            self._policy_source = resolve_policy(self.policy_name, self.hparams.cache_dir)
+        dtype = "float32" if self.policy_name == "tiny" else self.hparams.dtype
+        if not (Path(self._policy_source).exists() or self.policy_name not in ("tiny", *NAMED_POLICIES)):
+            raise FileNotFoundError(
+                f"model.policy={self.policy_name!r} was built into {self._policy_source}, which no longer exists: "
+                "rebuild it with the run's config (it is a cache), or point model.policy at an exported directory."
             )
-        examples = datamodule.format_prior_examples(self.tiny.prior_states, self.tiny.seed)
-        path = load_or_build_tiny(datamodule.vocabulary(examples), examples, self.tiny, Path(self.hparams.cache_dir))
-        return load_policy(path, "float32")
+        return load_policy(self._policy_source, dtype, self.hparams.attn_implementation)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record where the policy came from, and leave out the frozen reference (rebuilt from it on load).
+
+        Sharded checkpoints keep the reference (a 1/N shard per rank), since they are loaded in place, key by key.
+        """
+        checkpoint["policy_source"] = self._policy_source
+        if "state_dict" in checkpoint and self._data_parallel_mesh() is None:  # sharded: 1/N per rank, kept
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")
+            }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Build the policy a checkpoint was trained from (if not built yet) and put back the reference it left out."""
+        if self.actor is None:
+            self._policy_source = checkpoint.get("policy_source") or self._policy_source
+            self.configure_model()
+        state = checkpoint.get("state_dict")
+        if state is not None and self.reference is not None:
+            state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
 
     # ------------------------------------------------------------------ what rollouts call
     def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> list[list[int]]:

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -48,3 +50,29 @@ def unsharded(module: nn.Module) -> Iterator[None]:
             block.set_reshard_after_forward(True)
         for unit in units:
             unit.reshard()
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """``module`` holds FSDP2 units."""
+    return any(isinstance(unit, FSDPModule) for unit in module.modules())
+
+
+def full_copy(scorer: nn.Module, rank: int) -> nn.Module | None:
+    """The language model of ``scorer`` with its full weights on the CPU of rank 0 (None on other ranks).
+
+    Not sharded: ``scorer.lm`` itself. Sharded: every rank must call this; the full state dict is gathered to rank 0's
+    CPU and loaded into a fresh copy of the architecture (the whole model must fit in rank 0's CPU memory).
+    """
+    if not is_sharded(scorer):
+        return scorer.lm
+    state = get_model_state_dict(scorer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return None
+    lm = scorer.lm
+    with torch.device("meta"):
+        copy = type(lm)(lm.config)
+    weights = {key.removeprefix("lm."): value.clone() for key, value in state.items()}  # own storage each
+    copy.load_state_dict(weights, strict=False, assign=True)
+    copy.tie_weights()
+    copy.generation_config = lm.generation_config
+    return copy

@@ -97,7 +97,7 @@ def test_tiny_policy_without_a_rollout_datamodule_says_what_to_change(cache_dir,
     module = _module(cache_dir)
     module.trainer = make_trainer(tmp_path)
     with pytest.raises(RuntimeError, match="RolloutDataModule"):
-        module.configure_model()
+        module.setup("fit")
 
 
 def test_bad_arguments_fail_at_construction():

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from callbacks import EntropyHistory, PhaseScheduler
+from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
 from epo_lightning.tiny_preset import TinyPreset
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--ckpt_path", default=None)
     parser.add_argument("--save_checkpoint", default=None)
+    parser.add_argument("--export", default=None, help="ExportPolicy's directory")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -117,7 +118,8 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=args.out,
-        callbacks=[history, PhaseScheduler(total_steps=args.phase_steps), recorder],
+        callbacks=[history, PhaseScheduler(total_steps=args.phase_steps), recorder]
+        + ([ExportPolicy(args.export)] if args.export else []),
     )
     trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
     if args.save_checkpoint:

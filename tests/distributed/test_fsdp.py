@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+from epo_lightning.export import export_checkpoint
 from tests.distributed.launch import torchrun
 
 
@@ -29,9 +31,17 @@ def test_sharded_fit_matches_ddp(fsdp_run, ddp_run):
 
 def test_stopped_sharded_run_resumes_exactly(fsdp_run, ddp_run, tmp_path):
     _, cache = ddp_run
-    checkpoint = tmp_path / "step1.ckpt"
-    torchrun(tmp_path / "first", cache, "--steps", "1", "--strategy", "fsdp", "--save_checkpoint", str(checkpoint))
+    checkpoint, exported = tmp_path / "step1.ckpt", tmp_path / "policy"
+    first, _ = torchrun(
+        tmp_path / "first", cache, "--steps", "1", "--strategy", "fsdp", "--save_checkpoint", str(checkpoint),
+        "--export", str(exported),
+    )  # fmt: skip
     assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
+    # the trained policy leaves as a plain Hugging Face directory: from the run (ExportPolicy) and from the checkpoint
+    for directory in (exported, export_checkpoint(checkpoint, tmp_path / "from_checkpoint")):
+        weights = AutoModelForCausalLM.from_pretrained(directory).state_dict()
+        for name, value in first["params"][-1].items():
+            assert torch.equal(weights[name], value), name
     resumed, _ = torchrun(
         tmp_path / "resumed", cache, "--steps", "2", "--strategy", "fsdp", "--ckpt_path", str(checkpoint)
     )
