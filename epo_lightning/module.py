@@ -38,6 +38,7 @@ from epo_lightning.advantages import (
 )
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import ResponseScorer
+from epo_lightning.lora import LoraSettings, adapters_disabled
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import enable_gradient_checkpointing, generate_responses, load_policy
 from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
@@ -72,6 +73,8 @@ class EPOModule(pl.LightningModule):
         cache_dir: where the tiny preset is built once and reused.
         attn_implementation: the attention kernel of a pretrained policy (``sdpa``, ``eager``,
             ``flash_attention_2``, ...); None lets transformers choose.
+        lora: train LoRA adapters instead of the whole policy (``{r, alpha, dropout, target_modules}``); the KL
+            reference is then the policy with its adapters disabled.
         gradient_checkpointing: recompute each transformer block of the policy (and critic) in the backward instead
             of storing its activations (non-reentrant): much less activation memory for about one more forward.
         optimizer: optimizer factory, chosen in YAML (AdamW by default). With a critic it gets two parameter groups,
@@ -133,6 +136,7 @@ class EPOModule(pl.LightningModule):
         cache_dir: str = "~/.cache/epo_lightning",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        lora: LoraSettings | dict[str, Any] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["step", "epoch"] = "step",
@@ -189,9 +193,11 @@ class EPOModule(pl.LightningModule):
             raise ValueError(f"model.grad_clip must be > 0, or null to disable gradient clipping; got {grad_clip}.")
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora"])
         self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
         self.hparams["tiny"] = asdict(self.tiny)  # plain types only: checkpoints load with weights_only=True
+        self.lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
+        self.hparams["lora"] = asdict(self.lora) if self.lora else None
         self.loss_config = EPOLossConfig(
             clip_low=clip_low,
             clip_high=clip_high,
@@ -293,11 +299,13 @@ class EPOModule(pl.LightningModule):
         model, self.tokenizer = self._load_policy()
         if self.hparams.gradient_checkpointing:  # before the copies: the critic's backbone inherits it
             enable_gradient_checkpointing(model)
-        self.actor = ResponseScorer(model)
-        if self.loss_config.kl_coef > 0:
-            self.reference = ResponseScorer(copy.deepcopy(model)).eval().requires_grad_(False)
         if self.hparams.advantage == "gae":
-            self.critic = ValueModel(model)
+            self.critic = ValueModel(model)  # before any adapters: a full, trained copy of the backbone
+        if self.lora is not None:
+            model = self.lora.apply(model)  # the reference is this model with its adapters disabled
+        elif self.loss_config.kl_coef > 0:
+            self.reference = ResponseScorer(copy.deepcopy(model)).eval().requires_grad_(False)
+        self.actor = ResponseScorer(model)
         mesh = self._data_parallel_mesh()
         if mesh is not None:
             for scorer in filter(None, (self.actor, self.reference)):
@@ -339,25 +347,30 @@ class EPOModule(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record where the policy came from, and leave out the frozen reference (rebuilt from it on load).
+        """Record where the policy came from, and keep only what trains: frozen weights are rebuilt from it on load.
 
-        Sharded checkpoints keep the reference (a 1/N shard per rank), since they are loaded in place, key by key.
+        That leaves out the KL reference and, with LoRA, the base weights. Sharded checkpoints keep everything (each
+        rank writes its 1/N), since they are loaded in place, key by key.
         """
         checkpoint["policy_source"] = self._policy_source
-        if "state_dict" in checkpoint and self._data_parallel_mesh() is None:  # sharded: 1/N per rank, kept
-            checkpoint["state_dict"] = {
-                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")
-            }
+        if "state_dict" in checkpoint and self._data_parallel_mesh() is None:
+            frozen = self._frozen_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Build the policy a checkpoint was trained from (if not built yet) and put back the reference it left out."""
+        """Build the policy a checkpoint was trained from (if not built yet) and put back the frozen weights."""
         if self.actor is None:
             self._policy_source = checkpoint.get("policy_source") or self._policy_source
             self.configure_model()
         state = checkpoint.get("state_dict")
-        if state is not None and self.reference is not None:
-            state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
+        if state is not None:
+            current = self.state_dict()
+            state.update({key: current[key] for key in self._frozen_keys() if key not in state})
+
+    def _frozen_keys(self) -> set[str]:
+        """State-dict keys of parameters that never train (the reference; the base weights under LoRA)."""
+        return {name for name, param in self.named_parameters(remove_duplicate=False) if not param.requires_grad}
 
     # ------------------------------------------------------------------ what rollouts call
     def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> list[list[int]]:
@@ -392,6 +405,9 @@ class EPOModule(pl.LightningModule):
         batch.old_logprobs, batch.old_entropy = self._logprobs(self.actor, batch)
         if self.reference is not None:
             batch.ref_logprobs, _ = self._logprobs(self.reference, batch)
+        elif self.lora is not None and self.loss_config.kl_coef > 0:
+            with adapters_disabled(self.model):  # the base model, without a copy of its weights
+                batch.ref_logprobs, _ = self._logprobs(self.actor, batch)
         if self.critic is not None:
             batch.old_values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
         return batch
@@ -685,12 +701,13 @@ class EPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     @override
     def configure_optimizers(self) -> Any:
-        params: Any = self.actor.parameters()
+        trained = [p for p in self.actor.parameters() if p.requires_grad]  # only the adapters with LoRA
+        params: Any = trained
         if self.critic is not None:
             critic_group = {"params": list(self.critic.parameters())}
             if self.hparams.critic_lr is not None:
                 critic_group["lr"] = self.hparams.critic_lr
-            params = [{"params": list(self.actor.parameters())}, critic_group]
+            params = [{"params": trained}, critic_group]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer

@@ -6,6 +6,7 @@ Any Hugging Face causal LM works, by hub id or local directory, through ``AutoMo
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from epo_lightning.lora import base_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -113,11 +116,12 @@ def generate_responses(
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
         attention_mask[row, width - len(prompt) :] = 1
-    checkpoint_config, model.generation_config = model.generation_config, config
+    holder = base_model(model)  # under PEFT, generate reads the wrapped model's config
+    checkpoint_config, holder.generation_config = holder.generation_config, config
     try:
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
     finally:
-        model.generation_config = checkpoint_config
+        holder.generation_config = checkpoint_config
     ends = set(config.eos_token_id)
     responses = []
     for ids in output[:, width:].tolist():
@@ -127,11 +131,13 @@ def generate_responses(
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
-    """Write a model and its tokenizer as a Hugging Face directory, from any process.
+    """Write a model (LoRA adapters merged) and its tokenizer as a Hugging Face directory, from any process.
 
     Not ``model.save_pretrained``: under torch.distributed it writes only on global rank 0, and the process that
     builds a cached policy may be any rank. These are the files ``from_pretrained`` reads (tied weights stored once).
     """
+    if hasattr(model, "merge_and_unload"):  # LoRA: the adapters merged into a copy of the base weights
+        model = copy.deepcopy(model).merge_and_unload()
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
     if model.generation_config is not None:
