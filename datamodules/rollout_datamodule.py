@@ -284,6 +284,7 @@ class RolloutDataModule(pl.LightningDataModule):
                     "split": split,
                     "success": torch.tensor([float(e.success) for e in episodes]),
                     "episode_len": torch.tensor([float(len(e.turns)) for e in episodes]),
+                    "valid_turns": torch.tensor([float(sum(t.valid for t in e.turns)) for e in episodes]),
                 }
             )
         return items

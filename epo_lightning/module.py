@@ -244,6 +244,7 @@ class EPOModule(pl.LightningModule):
         self.train_turn_entropy = TurnEntropy(max_tracked_turns)
         self.val_success = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self.val_episode_len = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
+        self.val_valid_actions = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self.rollout_metrics = RolloutMetrics()
         self.train_stats = torch.nn.ModuleDict({_key(name): metric for name, metric in self._train_metrics().items()})
         self.automatic_optimization = False  # see training_step
@@ -638,7 +639,7 @@ class EPOModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         # A validation run before fit (val_before_fit) leaves metric states created under inference mode, which the
         # in-fit validation loop (no_grad, not inference mode) cannot update in place: start from fresh states.
-        for metric in [*self.val_success.values(), *self.val_episode_len.values()]:
+        for metric in [*self.val_success.values(), *self.val_episode_len.values(), *self.val_valid_actions.values()]:
             metric.reset()
 
     @override
@@ -694,9 +695,12 @@ class EPOModule(pl.LightningModule):
             return
         self.val_success[split].update(batch["success"])
         self.val_episode_len[split].update(batch["episode_len"])
+        turns = batch["episode_len"]
+        self.val_valid_actions[split].update(batch["valid_turns"] / turns.clamp_min(1.0), weight=turns)
         prefix = prefix_map[split]
         self.log(f"{prefix}/success_rate", self.val_success[split], on_step=False, on_epoch=True)
         self.log(f"{prefix}/episode_len", self.val_episode_len[split], on_step=False, on_epoch=True)
+        self.log(f"{prefix}/valid_action_ratio", self.val_valid_actions[split], on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     @override

@@ -91,6 +91,7 @@ def test_validation_logs_success_rates_for_both_splits(cache_dir, tiny_policy_di
     assert set(metrics) >= {"val/success_rate", "val_ood/success_rate", "val/episode_len"}
     assert 0.0 <= metrics["val/success_rate"] <= 1.0
     assert 1.0 <= metrics["val/episode_len"] <= EASY_DATA["max_turns"]
+    assert 0.5 < metrics["val/valid_action_ratio"] <= 1.0  # the format prior makes most actions valid
 
 
 def test_tiny_policy_without_a_rollout_datamodule_says_what_to_change(cache_dir, tmp_path):
