@@ -113,3 +113,23 @@ def test_ppo_ratio_is_one_on_the_first_micro_batch_with_an_instruct_style_genera
     module = Instructish(tiny=TEST_PRESET, cache_dir=str(cache_dir))
     make_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=RolloutDataModule(**EASY_DATA))
     assert ratios == [0.0]
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_one_rl_step_of_the_smollm2_config_end_to_end(cache_dir, tmp_path, monkeypatch):
+    from epo_lightning.cli import cli_main
+
+    monkeypatch.setattr("sys.argv", ["epo"])
+    cli = cli_main(
+        [
+            "fit", "--config", "configs/smollm2_cpu.yaml", f"--model.init_args.cache_dir={cache_dir}",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0",
+            "--val_before_fit=false", "--data.init_args.tasks_per_step=1", "--data.init_args.group_size=2",
+            "--data.init_args.max_turns=2", "--model.init_args.max_new_tokens=24",
+        ]
+    )  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step >= 1 and torch.isfinite(metrics["loss/total"])
+    assert metrics["rollout/turn_samples"] >= 2 and 0.0 <= metrics["rollout/valid_action_ratio"] <= 1.0
+    assert float(metrics["ppo/approx_kl"]) >= 0.0

@@ -19,19 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
-from epo_lightning.tiny_preset import TinyPreset
-
-#: The tests' tiny preset (tests/conftest.py), repeated here because this script runs outside pytest.
-PRESET = TinyPreset(
-    hidden_size=48,
-    num_layers=1,
-    num_heads=2,
-    intermediate_size=96,
-    prior_states=1500,
-    prior_epochs=3,
-    prior_batch_size=32,
-    prior_lr=3e-3,
-)
+from tests.conftest import TEST_PRESET as PRESET
 
 
 def _params(module: EPOModule) -> dict[str, torch.Tensor]:
