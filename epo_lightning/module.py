@@ -531,7 +531,6 @@ class EPOModule(pl.LightningModule):
         weights = batch.loss_weights
         if weights is None:  # a micro-batch handed in on its own is its own update
             weights = update_token_weights([[batch]], self.loss_config.agg)[0][0].to(self.device)
-            batch.update_end = True
         world = self.trainer.world_size
         logprobs, entropy = self._logprobs(self.actor, batch)
         loss, stats = epo_loss(
