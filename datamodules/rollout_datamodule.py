@@ -81,6 +81,8 @@ class RolloutDataModule(pl.LightningDataModule):
             them in the training process, the right choice for fast environments. A slow environment such as
             ScienceWorld (a ~670 MB JVM per environment) wants a few.
         env_timeout: seconds a worker may take to answer one turn before it is restarted and its episodes dropped.
+        max_empty_steps: consecutive RL steps without a single usable episode (on any rank) after which training
+            stops with an error instead of training on nothing.
         seed: root seed of task sampling, action sampling and shuffling.
     """
 
@@ -103,6 +105,7 @@ class RolloutDataModule(pl.LightningDataModule):
         num_transcripts: int = 2,
         num_workers: int = 0,
         env_timeout: float = 120.0,
+        max_empty_steps: int = 3,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -118,6 +121,8 @@ class RolloutDataModule(pl.LightningDataModule):
             raise ValueError(f"data.mini_batch_size must be >= 1 turn rows, or null; got {mini_batch_size}.")
         if val_tasks < 0 or invalid_action_penalty < 0 or reward_scale <= 0:
             raise ValueError("data.val_tasks and data.invalid_action_penalty must be >= 0 and data.reward_scale > 0.")
+        if max_empty_steps < 1:
+            raise ValueError(f"data.max_empty_steps must be >= 1, got {max_empty_steps}.")
         if num_workers < 0 or env_timeout <= 0:
             raise ValueError(
                 f"data.num_workers must be >= 0 (0 steps in-process) and data.env_timeout > 0 seconds, got "
@@ -141,6 +146,8 @@ class RolloutDataModule(pl.LightningDataModule):
         self.num_transcripts = num_transcripts
         self.num_workers = num_workers
         self.env_timeout = env_timeout
+        self.max_empty_steps = max_empty_steps
+        self._empty_steps = 0
         self.seed = seed
         self.rollout_step = 0
         self.rollout_stats: dict[str, float] = {}
@@ -166,11 +173,12 @@ class RolloutDataModule(pl.LightningDataModule):
     @override
     def state_dict(self) -> dict[str, Any]:
         """The task cursor: RL steps collected so far (every random choice of step k is seeded from (seed, k))."""
-        return {"rollout_step": self.rollout_step, "seed": self.seed}
+        return {"rollout_step": self.rollout_step, "seed": self.seed, "empty_steps": self._empty_steps}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rollout_step = int(state_dict.get("rollout_step", 0))
+        self._empty_steps = int(state_dict.get("empty_steps", 0))
 
     # ------------------------------------------------------------------ what the tiny preset needs
     def vocabulary(self, examples: Sequence[tuple[str, Sequence[str]]] = ()) -> tuple[str, ...]:
@@ -240,7 +248,15 @@ class RolloutDataModule(pl.LightningDataModule):
         rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty)
         rng.shuffle(rows)
         pad_id = policy.tokenizer.pad_token_id
-        plan = self._plan(len(rows), policy)
+        plan, total_rows = self._plan(len(rows), policy)
+        self._empty_steps = 0 if total_rows else self._empty_steps + 1
+        if self._empty_steps >= self.max_empty_steps:  # the same on every rank: the count is global
+            errors = sum(e.env_error for e in result.episodes)
+            raise RuntimeError(
+                f"{self._empty_steps} RL steps in a row (up to step {step}) had no usable episode on any rank (this "
+                f"rank's last: {len(result.episodes)} episodes, {errors} environment errors). Check the environment "
+                "(data.env, data.env_kwargs) and data.env_timeout, or raise data.max_empty_steps."
+            )
         updates = [
             [collate_rows(chunk or [filler_row(pad_id, k)], pad_id) for k, chunk in enumerate(micro)]
             for micro in (split_balanced(mini, plan.micro_batches) for mini in split_balanced(rows, plan.num_updates))
@@ -255,12 +271,11 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_step = step + 1
         return Batches([batch for micro_batches in updates for batch in micro_batches])
 
-    def _plan(self, num_rows: int, policy: Any) -> UpdatePlan:
-        """The update plan of this step: every rank's row count is exchanged once, and all derive the same plan."""
-        counts = self.trainer.strategy.all_gather(torch.tensor([num_rows], device=policy.device))
-        world = self.trainer.world_size
-        mini_batch_size = self.mini_batch_size or self.micro_batch_size * world
-        return plan_updates(counts.reshape(-1).tolist(), mini_batch_size, self.micro_batch_size)
+    def _plan(self, num_rows: int, policy: Any) -> tuple[UpdatePlan, int]:
+        """The update plan of this step and the rows of all ranks (every rank's count is exchanged once)."""
+        counts = self.trainer.strategy.all_gather(torch.tensor([num_rows], device=policy.device)).reshape(-1).tolist()
+        mini_batch_size = self.mini_batch_size or self.micro_batch_size * self.trainer.world_size
+        return plan_updates(counts, mini_batch_size, self.micro_batch_size), sum(counts)
 
     @override
     def val_dataloader(self) -> Batches[dict[str, Any]]:

@@ -42,6 +42,42 @@ def grpo_advantages(scores: Tensor, group_index: Tensor, normalize_std: bool = T
     return centered / (variance.sqrt()[group] + eps)
 
 
+def trajectory_grpo_advantages(
+    scores: Tensor, group_index: Tensor, traj_index: Tensor, normalize_std: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """GRPO with the paper's statistics (Eq. 1): the group's mean and std are over its trajectories, not its rows.
+
+    Each trajectory counts once, with the mean score of its rows (its episode score, less its mean invalid-action
+    penalty); each row's advantage is ``(s_row - mean_g) / (std_g + eps)``. With rows as the unit instead
+    (``grpo_advantages``, the released code), long failed trajectories dominate a group's statistics: with 4
+    successes of 8 turns and 4 failures of 30 turns, rows give +1.93 / -0.51 where trajectories give +0.94 / -0.94.
+
+    Args:
+        scores: ``[N]`` one score per turn-row.
+        group_index: ``[N]`` group id per row.
+        traj_index: ``[N]`` trajectory id per row (a trajectory lies in one group).
+        normalize_std: divide by the std over the group's trajectories (False: mean only).
+        eps: added to the std.
+    """
+    scores = scores if scores.is_floating_point() else scores.float()
+    trajs, slot = torch.unique(traj_index, return_inverse=True)
+    rows = scores.new_zeros(trajs.numel()).index_add(0, slot, torch.ones_like(scores))
+    traj_score = scores.new_zeros(trajs.numel()).index_add(0, slot, scores) / rows
+    traj_group = torch.zeros(trajs.numel(), dtype=group_index.dtype, device=group_index.device)
+    traj_group[slot] = group_index
+    groups, group = torch.unique(traj_group, return_inverse=True)
+    count = scores.new_zeros(groups.numel()).index_add(0, group, torch.ones_like(traj_score))
+    mean = scores.new_zeros(groups.numel()).index_add(0, group, traj_score) / count
+    row_group = group[slot]
+    centered = scores - mean[row_group]
+    if not normalize_std:
+        return torch.where(count[row_group] > 1, centered, torch.zeros_like(centered))
+    variance = scores.new_zeros(groups.numel()).index_add(0, group, (traj_score - mean[group]).square())
+    std = (variance / (count - 1).clamp_min(1.0)).sqrt()
+    advantages = centered / (std[row_group] + eps)
+    return torch.where(count[row_group] > 1, advantages, torch.zeros_like(advantages))  # one trajectory: no baseline
+
+
 def _group_centered(scores: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``scores - mean_g`` per row, the row count of each group, and each row's group slot."""
     if scores.shape != group_index.shape or scores.dim() != 1:

@@ -8,6 +8,8 @@ that default to ``callbacks.EntropyHistory`` and ``callbacks.PhaseScheduler``. A
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 from typing import Any
 
@@ -56,8 +58,24 @@ class EPOCLI(LightningCLI):
         return super()._instantiate_trainer(config, [callback for callback in callbacks if callback is not None])
 
     def before_fit(self) -> None:
-        """Log ``val/*`` of the untrained policy at step 0 (the paper's ``val_before_train``)."""
+        """Give checkpoints one place per run directory, check ``--ckpt_path last``, then validate at step 0.
+
+        ``ModelCheckpoint`` without a ``dirpath`` writes into ``<default_root_dir>/checkpoints``, not into the logger's
+        new ``version_N`` directory, so a second ``epo fit ... --ckpt_path last`` finds the first run's checkpoint. With
+        nothing to find, ``last`` is an error instead of a silent fresh start. Validation of the untrained policy
+        (the paper's ``val_before_train``) is skipped when resuming.
+        """
         config = self.config[self.subcommand]
+        for callback in self.trainer.checkpoint_callbacks:
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
+        if config.get("ckpt_path") == "last":
+            places = [c.dirpath for c in self.trainer.checkpoint_callbacks]
+            if not any(glob.glob(os.path.join(place, "last*.ckpt")) for place in places):
+                raise FileNotFoundError(
+                    f"--ckpt_path last: there is no last.ckpt in {places or 'any checkpoint directory'}. Resume with "
+                    "the --config and trainer.default_root_dir of the run to continue, or give a checkpoint's path."
+                )
         if config.get("val_before_fit") and not config.get("ckpt_path") and self.trainer.limit_val_batches != 0:
             self.trainer.validate(self.model, datamodule=self.datamodule)
 

@@ -223,7 +223,8 @@ class EPOLossConfig:
         entropy_coef: lambda, the entropy-bonus weight (0.001 in every paper experiment); 0 gives plain PPO/GRPO.
         kl_coef: weight of the KL-to-reference term (the released code uses 0.01); 0 disables it.
         kl_kind: KL estimator, ``k1``, ``k2`` or ``k3`` (verl low_var_kl).
-        agg: ``token_mean`` (released code) or ``turn_traj_mean`` (paper Eq. 2), for every term.
+        agg: ``token_mean`` (released code; needs no trajectory ids) or ``turn_traj_mean`` (paper Eq. 2, which
+            ``EPOModule`` uses by default), for every term.
         smoothing: ``hinge`` (paper v2 Eq. 4), ``indicator`` (released code, zero gradient) or ``off``.
         kappa_l: lower corridor factor (0.0 in the paper's experiments).
         kappa_r: upper corridor factor (2.0 in the paper's experiments).

@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from typing_extensions import override
@@ -35,7 +36,9 @@ from epo_lightning.advantages import (
     gigpo_advantages,
     grpo_advantages,
     rloo_advantages,
+    trajectory_grpo_advantages,
 )
+from epo_lightning.atomic_checkpoint import AtomicCheckpointIO
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.lora import LoraSettings, adapters_disabled
@@ -85,9 +88,11 @@ class EPOModule(pl.LightningModule):
         temperature: sampling temperature of training rollouts; log-probs are scored at the same temperature.
         val_temperature: sampling temperature of evaluation episodes (0.4 in the paper; 0 = greedy).
         max_new_tokens: response budget per turn.
-        advantage: ``grpo`` (group mean and std, spec 1.1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
+        advantage: ``grpo`` (group mean and std, paper Eq. 1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
             group baseline), ``gigpo`` (episode groups plus anchor-state step groups, spec 1.3) or ``gae`` (PPO with
             a critic, spec 1.2).
+        grpo_statistics: ``trajectory`` (the paper's Eq. 1: a group's mean and std are over its trajectories, each
+            counted once) or ``row`` (the released code: over every turn-row, so long trajectories weigh more).
         gamma: discount of GAE and of GiGPO's step returns (1.0 in the EPO code; GiGPO uses 0.95).
         gae_lambda: GAE lambda (1.0 in the EPO code).
         whiten_advantages: whiten GAE advantages over the RL step's response tokens of every rank (verl
@@ -105,7 +110,8 @@ class EPOModule(pl.LightningModule):
         entropy_coef: lambda, the entropy-bonus weight (0.001 in the paper).
         kl_coef: weight of the KL to the frozen initial policy (0 disables and skips the reference model).
         kl_kind: KL estimator, ``k3`` is verl's ``low_var_kl``.
-        agg: ``token_mean`` (released code) or ``turn_traj_mean`` (the paper's nested mean, Eq. 2).
+        agg: ``turn_traj_mean`` (the paper's nested mean over tokens, turns and trajectories, Eq. 2) or
+            ``token_mean`` (the released code's flat mean over response tokens).
         smoothing: ``hinge`` (paper v2, differentiable), ``indicator`` (released code, no gradient) or ``off``.
         kappa_l: lower corridor factor on H_ref.
         kappa_r: upper corridor factor on H_ref.
@@ -144,6 +150,7 @@ class EPOModule(pl.LightningModule):
         val_temperature: float = 0.4,
         max_new_tokens: int = 8,
         advantage: AdvantageEstimator = "grpo",
+        grpo_statistics: Literal["trajectory", "row"] = "trajectory",
         gamma: float = 1.0,
         gae_lambda: float = 1.0,
         whiten_advantages: bool = True,
@@ -158,7 +165,7 @@ class EPOModule(pl.LightningModule):
         entropy_coef: float = 0.001,
         kl_coef: float = 0.0,
         kl_kind: Literal["k1", "k2", "k3"] = "k3",
-        agg: Literal["token_mean", "turn_traj_mean"] = "token_mean",
+        agg: Literal["token_mean", "turn_traj_mean"] = "turn_traj_mean",
         smoothing: Literal["hinge", "indicator", "off"] = "hinge",
         kappa_l: float = 0.0,
         kappa_r: float = 2.0,
@@ -277,6 +284,15 @@ class EPOModule(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its writes atomic
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        group_size = getattr(self.trainer.datamodule, "group_size", None)
+        if group_size == 1 and self.hparams.advantage in ("grpo", "grpo_mean", "rloo"):
+            raise ValueError(
+                f"data.group_size is 1, so model.advantage={self.hparams.advantage!r} compares every episode only with "
+                "itself and gives every advantage 0: nothing would train. Use data.group_size >= 2, or "
+                "model.advantage: gae (PPO with a critic) for single episodes."
+            )
         if self.policy_name == "tiny" and self._policy_source is None:
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "format_prior_examples"):
@@ -338,13 +354,24 @@ class EPOModule(pl.LightningModule):
             self._policy_source = str(load_or_build_tiny(vocabulary, examples, self.tiny, Path(self.hparams.cache_dir)))
         elif self._policy_source is None:
             self._policy_source = resolve_policy(self.policy_name, self.hparams.cache_dir)
+            if self._policy_source.startswith(("/", "./", "../", "~")) and not Path(self._policy_source).exists():
+                raise FileNotFoundError(
+                    f"model.policy={self.policy_name!r} looks like a local directory but does not exist: give the "
+                    "directory of a model saved with save_pretrained (or `epo export`), or a Hugging Face hub id."
+                )
         dtype = "float32" if self.policy_name == "tiny" else self.hparams.dtype
         if not (Path(self._policy_source).exists() or self.policy_name not in ("tiny", *NAMED_POLICIES)):
             raise FileNotFoundError(
                 f"model.policy={self.policy_name!r} was built into {self._policy_source}, which no longer exists: "
                 "rebuild it with the run's config (it is a cache), or point model.policy at an exported directory."
             )
-        return load_policy(self._policy_source, dtype, self.hparams.attn_implementation)
+        try:
+            return load_policy(self._policy_source, dtype, self.hparams.attn_implementation)
+        except OSError as error:  # transformers' own message does not say which setting named the model
+            raise OSError(
+                f"model.policy={self.policy_name!r} could not be loaded from {self._policy_source!r} (offline, only "
+                f"models already in the Hugging Face cache load): {error}"
+            ) from error
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -470,6 +497,8 @@ class EPOModule(pl.LightningModule):
     ) -> Tensor:
         """Per-row advantages ``[N]`` of the critic-free estimators (spec 1.1-1.3) from the rows' facts ``[N]``."""
         estimator = self.hparams.advantage
+        if estimator in ("grpo", "grpo_mean") and self.hparams.grpo_statistics == "trajectory":
+            return trajectory_grpo_advantages(scores, group_index, traj_index, normalize_std=estimator == "grpo")
         if estimator in ("grpo", "grpo_mean"):
             return grpo_advantages(scores, group_index, normalize_std=estimator == "grpo")
         if estimator == "rloo":
@@ -603,20 +632,37 @@ class EPOModule(pl.LightningModule):
         return stats.loss_total
 
     def _optimizer_update(self) -> None:
-        """Clip the policy's and the critic's gradients separately (verl clips each model's norm), then step."""
+        """Clip the policy's and the critic's gradients separately (verl clips each model's norm), then step.
+
+        A non-finite gradient or weight stops training before anything is written: gradients are already reduced
+        over the ranks here and the weights are identical on every rank, so all ranks stop together, and the last
+        checkpoint stays the last good one.
+        """
         optimizer = self.optimizers()
         clip = self.hparams.grad_clip
         modules = [("policy", self.actor)] + ([("critic", self.critic)] if self.critic is not None else [])
         for name, module in modules:
             parameters = [p for p in module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip is not None else float("inf"))
-            self.train_stats[_key(f"grad_norm/{name}")].update(_full(norm).detach().cpu())
+            norm = _full(torch.nn.utils.clip_grad_norm_(parameters, clip if clip is not None else float("inf")))
+            if not torch.isfinite(norm):
+                raise FloatingPointError(self._divergence(f"the {name}'s gradient norm is {float(norm)}"))
+            self.train_stats[_key(f"grad_norm/{name}")].update(norm.detach().cpu())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        trained = [p for _, module in modules for p in module.parameters() if p.requires_grad]
+        if not torch.isfinite(_full(torch.nn.utils.get_total_norm(trained))):
+            raise FloatingPointError(self._divergence("the update made weights non-finite"))
         self._updates_this_step += 1
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.hparams.lr_interval == "step":
             scheduler.step()
+
+    def _divergence(self, cause: str) -> str:
+        return (
+            f"Training diverged at RL step {self.current_epoch}, update {self.global_step}: {cause}. Nothing was "
+            "saved after the last good checkpoint. Lower the learning rate (model.init_args.optimizer), clip gradients "
+            "(model.init_args.grad_clip), or train in float32; then resume from the last checkpoint."
+        )
 
     def _row_reference(self, batch: TurnBatch) -> float | Tensor | None:
         """H_ref for this micro-batch: None when gated off, per row when the reference is per turn index."""

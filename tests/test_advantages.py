@@ -114,3 +114,28 @@ def test_gigpo_matches_a_naive_loop(mode, seed):
 def test_gigpo_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="mean_norm"):
         gigpo_advantages(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2), mode="std")
+
+
+def test_trajectory_statistics_weigh_each_trajectory_once_as_eq_1():
+    from epo_lightning.advantages import trajectory_grpo_advantages
+
+    # one group: 4 successes of 8 turns (score 1) and 4 failures of 30 turns (score 0), the example
+    lengths, outcomes = [8] * 4 + [30] * 4, [1.0] * 4 + [0.0] * 4
+    traj = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    scores = torch.cat([torch.full((n,), o) for n, o in zip(lengths, outcomes, strict=True)])
+    groups = torch.zeros_like(traj)
+    per_traj = trajectory_grpo_advantages(scores, groups, traj)
+    std = torch.tensor([1.0] * 4 + [0.0] * 4).std()  # unbiased, over the 8 trajectories
+    torch.testing.assert_close(per_traj[traj < 4], torch.full((32,), 0.5 / (float(std) + 1e-6)))
+    assert float(per_traj[0]) == pytest.approx(0.935, abs=1e-3) and float(per_traj[-1]) == pytest.approx(
+        -0.935, abs=1e-3
+    )
+    per_row = grpo_advantages(scores, groups)
+    assert float(per_row[0]) == pytest.approx(1.93, abs=0.01) and float(per_row[-1]) == pytest.approx(-0.51, abs=0.01)
+    # the invalid-action penalty of a row stays in its own score; a single trajectory has no baseline
+    scores[0] -= 0.1
+    assert float(trajectory_grpo_advantages(scores, groups, traj)[0]) < float(per_traj[0])
+    alone = trajectory_grpo_advantages(torch.tensor([1.0, 0.5]), torch.tensor([3, 3]), torch.tensor([7, 7]))
+    assert torch.equal(alone, torch.zeros(2))
+    centered = trajectory_grpo_advantages(scores, groups, traj, normalize_std=False)
+    assert float(centered[-1]) == pytest.approx(-(float(scores[traj == 0].mean()) + 3) / 8, abs=1e-6)

@@ -137,7 +137,9 @@ def test_critic_free_advantages_span_every_batch_of_the_step():
     module = EPOModule(advantage="grpo_mean")
     mask = torch.tensor([[0.0, 1.0]])
     batches = [_batch([1.0], None, mask), _batch([0.0], None, mask), _batch([0.0], None, mask)]
-    module.assign_advantages(batches)  # one group of three rows spread over three micro-batches
+    for trajectory, batch in enumerate(batches):
+        batch.traj_index = torch.tensor([trajectory])
+    module.assign_advantages(batches)  # one group of three one-turn episodes spread over three micro-batches
     assert [float(b.advantages) for b in batches] == pytest.approx([2 / 3, -1 / 3, -1 / 3])
 
 

@@ -1,0 +1,121 @@
+"""Fail loudly, lose nothing: each failure an operator hit, reproduced first, and what the framework now does."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from lightning.fabric.plugins.io import torch_io
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from datamodules.envs.embedded.env import EmbeddedTextEnv
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.cli import cli_main
+from epo_lightning.module import EPOModule
+from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+
+def _module(cache_dir, **kwargs):
+    return EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), **kwargs)
+
+
+def test_divergence_stops_before_any_checkpoint_with_non_finite_weights(cache_dir, tiny_policy_dir, tmp_path):
+    module = _module(cache_dir, grad_clip=None, optimizer=lambda p: torch.optim.SGD(p, lr=1e30))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
+    trainer = make_trainer(
+        tmp_path, max_epochs=3, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint]
+    )
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    for path in (tmp_path / "ckpt").glob("*.ckpt"):  # whatever was written holds finite weights only
+        state = torch.load(path, weights_only=False, map_location="cpu")["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+class FailSecondSave(Callback):
+    """A disk that fills up: from RL step 1 on, checkpoint writes stop halfway with ENOSPC."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+
+            def half_then_full(checkpoint, path):
+                with open(path, "wb") as file:
+                    file.write(b"\0" * 1000)
+                raise OSError(28, "No space left on device")
+
+            self.patch = pytest.MonkeyPatch()
+            self.patch.setattr(torch_io, "_atomic_save", half_then_full)
+
+
+def test_a_full_disk_keeps_the_previous_last_checkpoint_whole(cache_dir, tiny_policy_dir, tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
+    failing = FailSecondSave()
+    trainer = make_trainer(
+        tmp_path, max_epochs=2, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint, failing]
+    )
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            trainer.fit(_module(cache_dir), datamodule=RolloutDataModule(**EASY_DATA))
+    finally:
+        failing.patch.undo()
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert state["epoch"] == 0  # the good checkpoint of step 0, whole
+    assert not list((tmp_path / "ckpt").glob("*.partial"))
+
+
+class CrashingSimulator(Callback):
+    """Every environment reset fails from the first rollout on (after the tiny policy was built from the env)."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+
+    def on_fit_start(self, trainer, pl_module):
+        def broken_reset(env, *, seed=None, options=None):
+            raise ConnectionError("simulator crashed")
+
+        self.monkeypatch.setattr(EmbeddedTextEnv, "reset", broken_reset)
+
+
+def test_rl_steps_without_usable_episodes_stop_the_run_with_the_cause(
+    cache_dir, tiny_policy_dir, tmp_path, monkeypatch
+):
+    module = _module(cache_dir)
+    trainer = make_trainer(tmp_path, max_epochs=5, limit_val_batches=0, callbacks=[CrashingSimulator(monkeypatch)])
+    with pytest.raises(RuntimeError, match=r"2 RL steps in a row .* 16 environment errors.*max_empty_steps"):
+        trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA, max_empty_steps=2))
+    assert trainer.current_epoch == 1  # step 0 trained on nothing and logged its errors; step 1 stopped the run
+    assert float(trainer.callback_metrics["rollout/env_errors"]) == 16
+
+
+def test_group_size_one_with_a_group_baseline_is_refused_at_setup(cache_dir, tiny_policy_dir, tmp_path):
+    data = RolloutDataModule(**{**EASY_DATA, "group_size": 1})
+    with pytest.raises(ValueError, match="data.group_size is 1.*advantage: gae"):
+        make_trainer(tmp_path).fit(_module(cache_dir, advantage="rloo"), datamodule=data)
+
+
+def test_policy_load_errors_name_the_setting(tmp_path):
+    module = EPOModule(policy=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="model.policy=.*does not exist"):
+        module.configure_model()
+    with pytest.raises(OSError, match="model.policy='nobody/no-such-model'"):
+        EPOModule(policy="nobody/no-such-model").configure_model()
+
+
+def test_ckpt_path_last_with_nothing_to_resume_is_an_error(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["epo"])
+    with pytest.raises(FileNotFoundError, match="no last.ckpt"):
+        cli_main(
+            ["fit", "--config", "configs/quickstart.yaml", "--config", "configs/debug.yaml",
+             "--trainer.enable_checkpointing=true", "--trainer.callbacks+=ModelCheckpoint",
+             f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.cache_dir={cache_dir}", "--ckpt_path=last"]
+        )  # fmt: skip
+
+
+def test_defaults_follow_the_paper_and_the_reference_overlay_the_code(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["epo"])
+    module = EPOModule()
+    assert module.hparams.agg == "turn_traj_mean" and module.hparams.grpo_statistics == "trajectory"
+    code = cli_main(["--config", "configs/quickstart.yaml", "--config", "configs/epo_reference_code.yaml"], run=False)
+    assert code.model.hparams.agg == "token_mean" and code.model.hparams.grpo_statistics == "row"
