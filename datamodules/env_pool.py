@@ -9,16 +9,20 @@ values, never raised: the rollout drops those episodes, counts them, and goes on
 
 Workers are started with ``spawn``: forking a process that holds torch's thread pools (and, for ScienceWorld, a py4j
 gateway) is unsafe, and spawn costs about a second per worker, once per fit. ``num_workers=0`` steps the environments
-in-process with no overhead (the default, and what fast environments want).
+in-process with no overhead (the default, and what fast environments want); there each call still has the deadline,
+enforced with ``SIGALRM`` in the main thread, so a hung environment cannot hang the run (or keep it from stopping).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
+import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -35,18 +39,79 @@ class EnvFailure:
     reason: str
 
 
-def _call(envs: dict[int, Any], make: Callable[[], gym.Env], command: str, slot: int, args: tuple) -> Any:
-    """Run one request against ``envs[slot]`` (made on first use); an exception becomes an ``EnvFailure``."""
+class EnvTimeout(Exception):
+    """An in-process environment call ran past its deadline."""
+
+
+def _call(
+    envs: dict[int, Any],
+    make: Callable[[], gym.Env],
+    command: str,
+    slot: int,
+    args: tuple,
+    deadline: float | None = None,
+) -> Any:
+    """Run one request against ``envs[slot]`` (made on first use); an exception becomes an ``EnvFailure``.
+
+    A result that breaks the environment contract (a text observation and an ``info`` dict from ``reset``, a 5-tuple
+    from ``step``) is a failure too, naming the environment and what it returned. With ``deadline`` (seconds; the
+    in-process pool), a call that runs past it is interrupted by ``SIGALRM`` and its environment is discarded.
+    """
     try:
         if slot not in envs:
             envs[slot] = make()
-        if command == "reset":
-            seed, options = args
-            return envs[slot].reset(seed=seed, options=options)
-        return envs[slot].step(*args)
+        env = envs[slot]
+        with _alarm(deadline):
+            result = env.reset(seed=args[0], options=args[1]) if command == "reset" else env.step(*args)
+        return _checked(env, command, result)
+    except EnvTimeout:
+        _discard(envs, slot)
+        return EnvFailure(f"timed out: {command} took more than {deadline} s (the environment was replaced)")
     except Exception as error:  # noqa: BLE001 - any environment fault is reported, never fatal
         log.exception("environment %s failed in slot %d", command, slot)
         return EnvFailure(f"{type(error).__name__}: {error}")
+
+
+def _checked(env: Any, command: str, result: Any) -> Any:
+    """``result`` if it follows the Gymnasium text-environment contract, else a ``TypeError`` that says how not."""
+    arity = 2 if command == "reset" else 5
+    observation = result[0] if isinstance(result, tuple) and len(result) == arity else None
+    if not isinstance(observation, str) or not isinstance(result[-1], dict):
+        shown = repr(result)
+        raise TypeError(
+            f"{type(env).__name__}.{command} returned {shown[:200]}{'...' if len(shown) > 200 else ''}; expected "
+            + ("(observation: str, info: dict)" if command == "reset" else
+               "(observation: str, reward, terminated, truncated, info: dict)")
+        )  # fmt: skip
+    return result
+
+
+@contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise ``EnvTimeout`` in this (main) thread after ``seconds``; a no-op without seconds or off the main thread."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise EnvTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _discard(envs: dict[int, Any], slot: int) -> None:
+    env = envs.pop(slot, None)
+    try:
+        if env is not None:
+            env.close()
+    except Exception:  # noqa: BLE001 - closing a hung environment is best effort
+        log.exception("closing a timed-out environment failed")
 
 
 def _worker_main(conn: Connection, make: Callable[[], gym.Env]) -> None:
@@ -105,7 +170,8 @@ class EnvPool:
             ``num_workers > 0``.
         size: number of slots.
         num_workers: worker processes; 0 steps in-process. More workers than slots are not started.
-        timeout: seconds a worker may take to answer one batch before it is declared hung and restarted.
+        timeout: seconds a worker may take to answer one batch before it is declared hung and restarted; in-process,
+            seconds one environment call may take before it is interrupted and the environment replaced.
         startup_timeout: seconds a new worker may take to start (import its modules) before it is restarted.
 
     Raises:
@@ -156,8 +222,10 @@ class EnvPool:
         for slot, _ in requests:
             if not 0 <= slot < self.size:
                 raise IndexError(f"slot {slot} is outside this pool of {self.size} environments.")
-        if not self.num_workers:
-            return [_call(self._envs, self.make, command, slot, args) for slot, args in requests]
+        if not self.num_workers:  # in-process: each call has the deadline, enforced with SIGALRM
+            results = [_call(self._envs, self.make, command, slot, args, self.timeout) for slot, args in requests]
+            self.restarts += sum(isinstance(r, EnvFailure) and r.reason.startswith("timed out") for r in results)
+            return results
         results: list[Any] = [None] * len(requests)
         batches: dict[int, list[int]] = {}
         for index, (slot, _) in enumerate(requests):
@@ -193,19 +261,22 @@ class EnvPool:
 
     def _wait_ready(self, worker: int) -> None:
         """Block until a newly started worker has said ``ready`` (restarting it if it cannot start)."""
+        reason = ""
         for _attempt in range(3):
             current = self._workers[worker]
             if current.ready:
                 return
+            reason = f"did not start within {self.startup_timeout} s"
             try:
                 if current.conn.poll(self.startup_timeout) and current.conn.recv() == "ready":
                     current.ready = True
                     return
-            except (EOFError, OSError):
-                pass
-            log.warning("worker %d did not start within %s s; restarting it", worker, self.startup_timeout)
+            except (EOFError, OSError):  # the pipe closed: the process is gone
+                current.process.join(5.0)
+                reason = f"died while starting (exit code {current.process.exitcode})"
+            log.warning("environment worker %d %s; restarting it", worker, reason)
             self._restart(worker)
-        raise RuntimeError(f"environment worker {worker} failed to start three times; see the log for its error.")
+        raise RuntimeError(f"environment worker {worker} failed to start three times (last: {reason}); see its error.")
 
     def _restart(self, worker: int) -> None:
         old = self._workers[worker]

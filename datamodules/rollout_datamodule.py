@@ -36,6 +36,8 @@ from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
 from epo_lightning.types import Episode, TurnBatch
 
 VAL_SPLITS = ("val_iid", "val_ood")
+#: Test tasks use seeds from here on, disjoint from the validation tasks' 0 .. val_tasks - 1.
+TEST_SEED_OFFSET = 1_000_000
 T = TypeVar("T")
 
 
@@ -80,7 +82,8 @@ class RolloutDataModule(pl.LightningDataModule):
         num_workers: environment worker processes that step the environments concurrently (``EnvPool``); 0 steps
             them in the training process, the right choice for fast environments. A slow environment such as
             ScienceWorld (a ~670 MB JVM per environment) wants a few.
-        env_timeout: seconds a worker may take to answer one turn before it is restarted and its episodes dropped.
+        env_timeout: seconds a worker may take to answer one turn before it is restarted and its episodes dropped
+            (with num_workers 0, seconds one environment call may take before it is interrupted and replaced).
         max_empty_steps: consecutive RL steps without a single usable episode (on any rank) after which training
             stops with an error instead of training on nothing.
         seed: root seed of task sampling, action sampling and shuffling.
@@ -279,18 +282,19 @@ class RolloutDataModule(pl.LightningDataModule):
 
     @override
     def val_dataloader(self) -> Batches[dict[str, Any]]:
-        return Batches(self._evaluate())
+        return Batches(self._evaluate(first_seed=0))
 
     @override
     def test_dataloader(self) -> Batches[dict[str, Any]]:
-        return Batches(self._evaluate())
+        """Held-out test tasks: the same splits as validation, disjoint seeds (never seen by model selection)."""
+        return Batches(self._evaluate(first_seed=TEST_SEED_OFFSET))
 
-    def _evaluate(self) -> list[dict[str, Any]]:
+    def _evaluate(self, first_seed: int) -> list[dict[str, Any]]:
         policy = self.trainer.lightning_module
         rank, world = self.trainer.global_rank, self.trainer.world_size
         items = []
         for split in VAL_SPLITS:
-            seeds = list(range(self.val_tasks))[rank::world]  # every task on exactly one rank
+            seeds = list(range(first_seed, first_seed + self.val_tasks))[rank::world]  # each task on exactly one rank
             tasks = [TaskSpec(split, s, i) for i, s in enumerate(seeds)]
             result = self._play(policy, tasks, hash_seed(self.seed, split), evaluation=True)
             episodes = [e for e in result.episodes if not e.env_error]

@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from datamodules.rollout_datamodule import RolloutDataModule
@@ -56,6 +57,21 @@ class EPOCLI(LightningCLI):
                     f"turn rows, on every rank). Remove it and set {instead}."
                 )
         return super()._instantiate_trainer(config, [callback for callback in callbacks if callback is not None])
+
+    def before_validate(self) -> None:
+        """Say when ``epo validate`` evaluates the untrained policy."""
+        self._warn_untrained()
+
+    def before_test(self) -> None:
+        """Say when ``epo test`` evaluates the untrained policy."""
+        self._warn_untrained()
+
+    def _warn_untrained(self) -> None:
+        if not self.config[self.subcommand].get("ckpt_path"):
+            rank_zero_warn(
+                f"epo {self.subcommand} without --ckpt_path evaluates the untrained policy (model.policy as "
+                "configured); pass --ckpt_path PATH (or last) to evaluate a trained one."
+            )
 
     def before_fit(self) -> None:
         """Give checkpoints one place per run directory, check ``--ckpt_path last``, then validate at step 0.

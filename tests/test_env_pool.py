@@ -138,3 +138,42 @@ def test_bad_pool_settings_say_what_to_change():
         RolloutDataModule(num_workers=-1)
     with pytest.raises(ValueError, match="env_timeout"):
         RolloutDataModule(env_timeout=0)
+
+
+def test_an_in_process_environment_that_hangs_is_interrupted_at_its_deadline(pool_factory):
+    pool = pool_factory(make=FaultyEnv, size=2, num_workers=0, timeout=0.5)
+    _reset_all(pool)
+    start = time.monotonic()
+    hung, fine = pool.step([(0, "hang"), (1, "go")])
+    assert time.monotonic() - start < 5  # not the environment's 60 s
+    assert isinstance(hung, EnvFailure) and "timed out" in hung.reason and fine[0] == "moved 1"
+    assert pool.restarts == 1
+    assert isinstance(pool.step([(0, "go")])[0], tuple)  # a fresh environment, made on the next call
+
+
+@pytest.mark.parametrize(
+    ("action", "shown"),
+    [("dict", "{'text': 'a room'}"), ("four", "('a room', 0.0, False, {})"), ("none", "(None, 0.0")],
+)
+def test_malformed_environment_output_is_an_environment_error_that_names_it(pool_factory, action, shown):
+    pool = pool_factory(make=FaultyEnv, size=1)
+    _reset_all(pool)
+    (result,) = pool.step([(0, action)])
+    assert isinstance(result, EnvFailure)
+    assert "FaultyEnv.step returned" in result.reason and shown in result.reason and "expected" in result.reason
+
+
+def test_a_worker_that_dies_while_starting_is_reported_as_such(monkeypatch):
+    from tests.envs.dies_in_worker import WorkerlessEnv
+
+    monkeypatch.setenv("EPO_TEST_TRAINING_PID", str(os.getpid()))
+    pool = EnvPool(make=WorkerlessEnv, size=1, num_workers=1, startup_timeout=60)
+    start = time.monotonic()
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"failed to start three times \(last: died while starting \(exit code 1\)"
+        ):
+            pool.reset([(0, 0, {})])
+    finally:
+        pool.close()
+    assert time.monotonic() - start < 60  # not three start-up timeouts

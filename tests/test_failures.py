@@ -119,3 +119,25 @@ def test_defaults_follow_the_paper_and_the_reference_overlay_the_code(monkeypatc
     assert module.hparams.agg == "turn_traj_mean" and module.hparams.grpo_statistics == "trajectory"
     code = cli_main(["--config", "configs/quickstart.yaml", "--config", "configs/epo_reference_code.yaml"], run=False)
     assert code.model.hparams.agg == "token_mean" and code.model.hparams.grpo_statistics == "row"
+
+
+def test_test_tasks_are_held_out_from_validation_and_untrained_evaluation_is_announced(
+    cache_dir, tmp_path, monkeypatch
+):
+    played = []
+    original = RolloutDataModule._play
+
+    def recording(self, policy, tasks, torch_seed, evaluation):
+        played.append({t.task_id for t in tasks})
+        return original(self, policy, tasks, torch_seed, evaluation)
+
+    monkeypatch.setattr(RolloutDataModule, "_play", recording)
+    monkeypatch.setattr(sys, "argv", ["epo"])
+    common = ["--config", "configs/quickstart.yaml", "--config", "configs/debug.yaml"]
+    common += [f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.cache_dir={cache_dir}"]
+    with pytest.warns(UserWarning, match="evaluates the untrained policy"):
+        cli_main(["validate", *common])
+    validation = set().union(*played)
+    played.clear()
+    cli_main(["test", *common])
+    assert validation and set().union(*played) and not validation & set().union(*played)

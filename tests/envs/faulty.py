@@ -6,7 +6,10 @@ import gymnasium as gym
 
 
 class FaultyEnv(gym.Env):
-    """Sleeps ``delay`` seconds per step; the action "hang" sleeps for a minute and "raise" raises."""
+    """Sleeps ``delay`` seconds per step; the action "hang" sleeps for a minute and "raise" raises.
+
+    The actions "dict", "four" and "none" return malformed results: a dict observation, a 4-tuple, a None observation.
+    """
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -21,6 +24,12 @@ class FaultyEnv(gym.Env):
             time.sleep(60)
         if action == "raise":
             raise RuntimeError("the environment broke")
+        if action == "dict":
+            return {"text": "a room"}, 0.0, False, False, {}
+        if action == "four":
+            return "a room", 0.0, False, {}
+        if action == "none":
+            return None, 0.0, False, False, {}
         time.sleep(self.delay)
         self.moves += 1
         return f"moved {self.moves}", 0.0, False, False, {"valid": True, "won": False, "admissible_actions": ["go"]}
