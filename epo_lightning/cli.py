@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from datamodules.rollout_datamodule import RolloutDataModule
@@ -29,8 +33,19 @@ MANUAL_OPTIMIZATION_KEYS = {
 FORCED_CALLBACKS = {"entropy_history": "callbacks.EntropyHistory", "phase": "callbacks.PhaseScheduler"}
 
 
+class ConfigurationError(ValueError):
+    """A setting that a constructor refused: the console script prints its message alone (no traceback)."""
+
+
 class EPOCLI(LightningCLI):
     """LightningCLI with EPO's default callbacks and a validation pass before fitting."""
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as error:
+            raise ConfigurationError(_root_cause(error)) from error
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -111,14 +126,41 @@ def cli_main(args: ArgsType = None, run: bool = True) -> EPOCLI:
     )
 
 
+def _root_cause(error: BaseException) -> str:
+    """The innermost message of a chain of wrapped exceptions (jsonargparse wraps a constructor's own error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+@contextmanager
+def exit_status() -> Iterator[None]:
+    """Exit with status 143 (128 + SIGTERM) when Lightning stops a run on SIGTERM.
+
+    Lightning's ``SIGTERMException`` would exit 0, and a scheduler would read a stopped run as a finished one.
+    """
+    try:
+        yield
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)
+
+
 def main() -> None:
-    """The ``epo`` console script: ``fit|validate|test`` (LightningCLI) and ``export`` (returns None: exit 0)."""
+    """The ``epo`` console script: ``fit|validate|test`` (LightningCLI) and ``export`` (returns None: exit 0).
+
+    A setting refused while the classes are built is printed as one line and exits with status 2, as a bad argument.
+    """
     if sys.argv[1:2] == ["export"]:
         from epo_lightning.export import main as export_main
 
         export_main(sys.argv[2:])
         return
-    cli_main()
+    try:
+        with exit_status():
+            cli_main()
+    except ConfigurationError as error:
+        print(f"epo: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,14 @@ def test_epo_fit_exits_zero_after_a_debug_run(tmp_path):
     result = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val/success_rate" in result.stdout
+
+
+def test_a_refused_setting_is_one_line_and_exit_status_two(tmp_path):
+    args = ["fit", "--config", "configs/quickstart.yaml", "--model.init_args.temperature=0"]
+    result = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "epo: error: ValueError: model.temperature must be > 0 for sampled training rollouts, got 0.0."
+    )
+    assert len(result.stderr.strip().splitlines()) <= 2  # at most Lightning's "Seed set to 0" before it
+    assert "Traceback" not in result.stdout + result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,23 @@ def test_test_tasks_are_held_out_from_validation_and_untrained_evaluation_is_ann
     played.clear()
     cli_main(["test", *common])
     assert validation and set().union(*played) and not validation & set().union(*played)
+
+
+def test_a_run_hung_in_an_in_process_environment_stops_on_sigterm(tmp_path, tiny_policy_dir, cache_dir):
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "tests/envs/hang_fit.py", str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout.readline().strip() == "hanging"
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=60)  # before the fix: never (the environment sleeps 600 s)
+    finally:
+        process.kill()
+    assert status == 128 + signal.SIGTERM  # stopped, and not reported as a finished run
