@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--ckpt_path", default=None)
     parser.add_argument("--save_checkpoint", default=None)
     parser.add_argument("--export", default=None, help="ExportPolicy's directory")
+    parser.add_argument("--advantage", default="grpo", help="gae trains a critic too")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -87,6 +88,7 @@ def main() -> None:
         tiny=PRESET,
         cache_dir=str(args.cache),
         kl_coef=0.01,
+        advantage=args.advantage,
         agg="turn_traj_mean",
         entropy_coef=0.01,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05),

@@ -48,3 +48,15 @@ def test_stopped_sharded_run_resumes_exactly(fsdp_run, ddp_run, tmp_path):
     assert resumed["history"] == fsdp_run[0]["history"]
     for name, value in fsdp_run[0]["params"][1].items():
         assert torch.equal(resumed["params"][-1][name], value), name
+
+
+def test_ppo_with_a_critic_trains_the_same_sharded_and_replicated(ddp_run, tmp_path):
+    _, cache = ddp_run
+    runs = {
+        strategy: torchrun(tmp_path / strategy, cache, "--steps", "1", "--strategy", strategy, "--advantage", "gae")[0]
+        for strategy in ("ddp", "fsdp")
+    }
+    for name, value in runs["ddp"]["params"][0].items():
+        torch.testing.assert_close(runs["fsdp"]["params"][0][name], value, rtol=1e-5, atol=1e-6)
+    for key in ("critic/value_loss", "grad_norm/critic", "grad_norm/policy"):
+        assert runs["fsdp"]["metrics"][key] == pytest.approx(runs["ddp"]["metrics"][key], rel=1e-4), key
