@@ -28,7 +28,7 @@ import torch
 from typing_extensions import override
 
 from datamodules.env_pool import EnvPool
-from datamodules.envs import get_suite
+from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
@@ -61,7 +61,9 @@ class RolloutDataModule(pl.LightningDataModule):
     """Rollout data for EPO/GRPO training on a text-environment suite.
 
     Args:
-        env: suite name (see ``datamodules.envs.SUITES``), the embedded suite by default.
+        env: a suite name (``embedded``, ``scienceworld``, ``alfworld``, ``textworld``, or one added with
+            ``datamodules.envs.register_suite``) or the import path of a Gymnasium environment class or factory
+            (``my_package.envs.MyEnv``; the ``epo`` command also looks in the current directory).
         env_kwargs: keyword arguments for the suite's environment (e.g. ``{"difficulty": "easy"}``).
         tasks_per_step: distinct tasks per RL step (per rank).
         group_size: environments per task (G, the GRPO group size).
@@ -165,6 +167,7 @@ class RolloutDataModule(pl.LightningDataModule):
         if self._pool is None:
             size = max(self.tasks_per_step * self.group_size, self.val_tasks)
             make = functools.partial(self.suite.make, **self.env_kwargs)
+            check_contract(make, self.env)  # a one-line error now, not a crash in the first rollout
             self._pool = EnvPool(make, size, num_workers=self.num_workers, timeout=self.env_timeout)
 
     @override

@@ -150,6 +150,8 @@ def main() -> None:
 
     A setting refused while the classes are built is printed as one line and exits with status 2, as a bad argument.
     """
+    if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` does: data.env may name ./my_env.py
+        sys.path.insert(0, os.getcwd())
     if sys.argv[1:2] == ["export"]:
         from epo_lightning.export import main as export_main
 

@@ -1,4 +1,4 @@
-"""Environment suites behind one Gymnasium text interface, looked up by name.
+"""Environment suites behind one Gymnasium text interface, looked up by name or by import path.
 
 A suite provides ``make(**kwargs) -> gymnasium.Env`` (reset with ``options={"split": ...}``, text observations,
 ``info["admissible_actions"]``, ``info["won"]``, ``info["task"]``), ``vocabulary``, words it can emit beyond those the
@@ -9,6 +9,7 @@ optional dependencies import them only when made.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,8 +69,63 @@ SUITES: dict[str, Callable[[], EnvSuite]] = {
 }
 
 
+def register_suite(
+    name: str,
+    make: Callable[..., gym.Env],
+    prompt: type[PromptBuilder] = PromptBuilder,
+    vocabulary: Callable[[], tuple[str, ...]] = tuple,
+) -> None:
+    """Make ``data.env: <name>`` build environments with ``make`` (for packages that ship environments)."""
+    SUITES[name] = lambda: EnvSuite(make=make, vocabulary=vocabulary, prompt=prompt)
+
+
 def get_suite(name: str) -> EnvSuite:
-    """Return the suite registered as ``name``."""
-    if name not in SUITES:
-        raise ValueError(f"unknown env {name!r}; choose one of {sorted(SUITES)}.")
-    return SUITES[name]()
+    """The suite registered as ``name``, or the one a dotted import path names.
+
+    A path (``my_package.envs.GuessEnv``) may name an ``EnvSuite``, or a Gymnasium environment class or factory; such
+    a class may carry its prompt as a ``prompt_builder`` attribute (a ``PromptBuilder`` subclass).
+    """
+    if name in SUITES:
+        return SUITES[name]()
+    if "." not in name:
+        raise ValueError(
+            f"unknown env {name!r}: choose one of {sorted(SUITES)}, or give an import path (pkg.module.Env)."
+        )
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"data.env={name!r} does not import ({type(error).__name__}: {error}); the epo command looks in the "
+            "current directory and the installed packages."
+        ) from None
+    if isinstance(target, EnvSuite):
+        return target
+    if not callable(target):
+        raise ValueError(f"data.env={name!r} is a {type(target).__name__}, not an environment class or factory.")
+    return EnvSuite(make=target, prompt=getattr(target, "prompt_builder", PromptBuilder))
+
+
+def check_contract(make: Callable[[], gym.Env], name: str) -> None:
+    """Reset one environment and raise a one-line ``ValueError`` if it breaks the text-environment contract.
+
+    ``reset(seed=..., options={"split": "train"})`` must return ``(observation: str, info: dict)`` with ``info["task"]``
+    (the goal text) and ``info["admissible_actions"]`` (a list, which the prompt shows; it may be empty).
+    """
+    env = make()
+    try:
+        result = env.reset(seed=0, options={"split": "train"})
+    finally:
+        env.close()
+    info = result[1] if isinstance(result, tuple) and len(result) == 2 else None
+    if not isinstance(result[0] if info is not None else None, str) or not isinstance(info, dict):
+        problem = f"reset returned {repr(result)[:120]}"
+    elif "task" not in info or not isinstance(info.get("admissible_actions"), list | tuple):
+        problem = f"reset's info has the keys {sorted(info)}"
+    else:
+        return
+    raise ValueError(
+        f"data.env={name!r} breaks the environment contract: {problem}; expected (observation: str, info: dict with "
+        "'task': str and 'admissible_actions': list), and a step returning (str, reward, terminated, truncated, info "
+        "with 'won')."
+    )
