@@ -1,4 +1,4 @@
-"""``AdaptiveEntropyCoef``: steer the entropy toward a target anchored at the initial entropy (epo-spec 12 (e)).
+"""``AdaptiveEntropyCoef``: steer the entropy toward a target anchored at the initial entropy (docs/algorithm.md 6).
 
 AER (arXiv 2510.10959) keeps the policy entropy near ``H_target = tau * H_0``, with ``H_0`` the initial policy's
 entropy, by adjusting the entropy-bonus coefficient lambda; its exact update rule is not public. The rule here is the

@@ -7,10 +7,10 @@ corridor reference of step k is
 
 with a sliding window (``mode="window"``) and an exponential moving average (``mode="ema"``) as options. H̄_k is
 appended after step k's update, in ``on_train_epoch_end``, and the reference of step k + 1 is pushed to the module
-right then, because the rollouts of step k + 1 are collected before ``on_train_epoch_start`` (style-anchors P1). The
+right then, because the rollouts of step k + 1 are collected before ``on_train_epoch_start`` (docs/architecture.md). The
 reference of the first step is pushed in ``on_fit_start``, after a checkpoint restored the history.
 
-Two switches reproduce the released code's history (epo-spec 3.3, checklist item 2):
+Two switches reproduce the released code's history (docs/algorithm.md, section 3):
 
 - ``per_turn=True`` keeps one mean per turn index, and each row is compared with the reference of its own turn
   index (a turn index never seen before falls back to the mean over all recorded values).

@@ -4,7 +4,7 @@
 
 so beta goes from 2 at k = 0 to 1 + e^-3 ≈ 1.0498 at mid-training and ≈ 1.0025 at K. A ``constant`` beta (the paper's
 "W/O DW" ablation), epoch-keyed ``milestones`` (shaped like Lightning's ``GradientAccumulationScheduler``) and the
-released code's ``code_piecewise`` weight (epo-spec 4.2, ``_calculate_epoch_based_entropy_weight``) are alternatives:
+released code's ``code_piecewise`` weight (docs/algorithm.md, section 4) are alternatives:
 
     w_k = 1 - 0.2 * (1 - exp(-2k / half))             for k <= half = K // 2
     w_k = 0.8 * exp(-3 (k - half) / (K - half))         for k > half,   with K hard-coded to 150 in the code.
@@ -22,7 +22,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-#: The released code's hard-coded total of RL steps in its weight schedule (``max_epochs = 150``, epo-spec 4.2).
+#: The released code's hard-coded total of RL steps in its weight schedule (``max_epochs = 150``).
 CODE_MAX_EPOCHS = 150
 
 

@@ -1,4 +1,4 @@
-"""Turn a model response into an environment action (epo-spec 8.2).
+"""Turn a model response into an environment action (the released code's ``<action>`` tags).
 
 The action is the text between the first ``<action>`` and the next ``</action>``. A response without the tags, with
 an empty action, with CJK characters, or (when required) without ``<think> </think>`` is invalid: the rollout sends

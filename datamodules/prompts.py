@@ -1,6 +1,6 @@
 """Step-independent agent prompts: task, the last k (observation, action) pairs, the observation, admissible actions.
 
-The prompt of turn t is rebuilt from scratch every turn (verl-agent / EPO convention, epo-spec 1.2 and 8.1), so its
+The prompt of turn t is rebuilt from scratch every turn (verl-agent / EPO convention), so its
 length is bounded by ``history_length`` and does not grow with the episode. The plain-text layout below is what the
 ``tiny`` preset reads; a policy whose tokenizer has a chat template gets the same text as a user message.
 """

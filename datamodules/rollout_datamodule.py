@@ -1,6 +1,6 @@
 """``RolloutDataModule``: regenerates the training data from the environments every epoch (one epoch = one RL step).
 
-``train_dataloader()`` runs under ``Trainer(reload_dataloaders_every_n_epochs=1)`` (style-anchors 3.2 pattern B): it
+``train_dataloader()`` runs under ``Trainer(reload_dataloaders_every_n_epochs=1)`` (docs/architecture.md): it
 plays ``tasks_per_step`` tasks with ``group_size`` environments each (a GRPO group shares its task), turns the episodes
 into turn rows, has the policy score them (old log-probs, entropy, critic values) and assign their advantages, and
 returns the step's micro-batches, split into optimizer updates by ``datamodules.update_plan`` (the same number of

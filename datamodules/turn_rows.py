@@ -1,4 +1,4 @@
-"""Episodes to turn rows, and rows to padded ``TurnBatch`` micro-batches (epo-spec 1.2: the sample unit is a turn)."""
+"""Episodes to turn rows, and rows to padded ``TurnBatch`` micro-batches (paper Eq. 1: the sample unit is a turn)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class TurnRow:
     Attributes:
         prompt_ids: the prompt the turn saw.
         response_ids: the tokens it generated.
-        score: the row reward, ``reward_scale * episode_return`` minus the turn's invalid-action penalty (spec 1.2).
+        score: the row reward, ``reward_scale * episode_return`` minus the turn's invalid-action penalty.
         group_id: the task group (rows of episodes started from the same task).
         traj_id: the episode.
         turn_index: position of the turn in its episode.
@@ -38,7 +38,7 @@ class TurnRow:
 def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_penalty: float) -> list[TurnRow]:
     """Every turn of every error-free episode becomes a row scored with its episode's return.
 
-    score = reward_scale * episode_return - invalid_penalty * [turn invalid]   (the EPO code's row reward, spec 1.2)
+    score = reward_scale * episode_return - invalid_penalty * [turn invalid]   (the EPO code's row reward)
     Rows with an empty response (nothing to train) are skipped; environment-error episodes are dropped. Rows of one
     group whose turn saw the same observation share an ``anchor_id`` (GiGPO's anchor-state groups).
     """

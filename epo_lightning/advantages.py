@@ -1,4 +1,4 @@
-"""Advantage estimators: GRPO, RLOO, GiGPO and GAE (paper Section 3; epo-spec 1.1-1.3).
+"""Advantage estimators: GRPO, RLOO, GiGPO and GAE (paper Eq. 1; docs/algorithm.md section 1).
 
 verl-agent convention (``compute_mean_std_cross_all_data = True``): the sample unit is one turn-row, every turn-row
 of every trajectory in a group counts in the group's statistics, and a row's advantage is broadcast to all of its
@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 def grpo_advantages(scores: Tensor, group_index: Tensor, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
-    """Group-normalized advantage ``A = (s - mean_g) / (std_g + eps)`` (epo-spec 1.1-1.2, as verl's GRPO).
+    """Group-normalized advantage ``A = (s - mean_g) / (std_g + eps)`` (paper Eq. 1, as verl's GRPO).
 
     ``std_g`` is the unbiased standard deviation (as ``torch.std`` and verl). A group of a single row has no
     baseline to compare against: its mean is the row's own score, so its advantage is 0 (verl instead sets its mean
@@ -143,7 +143,7 @@ def gigpo_advantages(
     mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
     eps: float = 1e-6,
 ) -> Tensor:
-    """GiGPO (arXiv 2505.10978; epo-spec 1.3): ``A = A_episode + omega * A_step``.
+    """GiGPO (arXiv 2505.10978): ``A = A_episode + omega * A_step``.
 
     ``A_episode`` normalizes the row scores within the episode group (every row counts, as verl-agent's default
     ``compute_mean_std_cross_steps``); ``A_step`` normalizes the discounted step returns within anchor-state groups,
@@ -194,7 +194,7 @@ def gae_advantages(
 
     Walking back over the positions: ``delta_t = r_t + gamma * V_next - V_t`` and
     ``A_t = delta_t + gamma * lam * A_next``, where "next" skips positions off the mask (prompt and padding), so
-    each row is its own episode with no bootstrap past its last response token (spec 1.2: the EPO code runs GAE per
+    each row is its own episode with no bootstrap past its last response token (the EPO code runs GAE per
     turn-row). ``returns = A + V`` (before whitening).
 
     Args:

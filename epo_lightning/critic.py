@@ -1,4 +1,4 @@
-"""The PPO critic: a value model initialised from the policy's backbone (epo-spec 1.2, verl ``critic``).
+"""The PPO critic: a value model initialised from the policy's backbone (docs/algorithm.md section 1, verl ``critic``).
 
 ``V(prefix)`` is read at every response position, as verl's critic does: the value of the state before response
 token ``t`` is a linear head on the backbone's hidden state at ``t - 1``, the same position whose logits sample token

@@ -1,4 +1,4 @@
-"""Entropy-control baselines from the related work, per token on response tokens (epo-spec 12).
+"""Entropy-control baselines from the related work, per token on response tokens (docs/algorithm.md, section 6).
 
 - Clip-Cov and KL-Cov (Cui et al., arXiv 2505.22617; verl ``clip_cov`` / ``kl_cov`` policy losses): entropy change
   is driven by ``Cov(log pi, A)``, so the tokens with the largest covariance are detached (Clip-Cov, a random few

@@ -1,6 +1,6 @@
 """Response-token log-probs and full-vocabulary entropy from a Hugging Face causal LM, chunked over the vocabulary.
 
-The entropy is the H_{j,t,i} of paper Eq. 2 (epo-spec 2.1-2.2): ``-sum_v p(v | w_<i) log p(v | w_<i)`` over the
+The entropy is the H_{j,t,i} of paper Eq. 2: ``-sum_v p(v | w_<i) log p(v | w_<i)`` over the
 whole vocabulary, of the same temperature-scaled distribution the rollout sampled from (verl divides the logits by
 the rollout temperature before ``entropy_from_logits``). Only the positions that predict response tokens are
 projected onto the vocabulary, ``chunk_size`` rows at a time, and under autograd each chunk is checkpointed: a

@@ -1,4 +1,4 @@
-"""The EPO objective as pure tensor math (no Lightning): paper Eq. 1, 2, 4 and 6 (epo-spec.md sections 1-3, 5).
+"""The EPO objective as pure tensor math (no Lightning): paper Eq. 1, 2, 4 and 6 (docs/algorithm.md).
 
 Shapes: B rows (one row = one turn of one trajectory), T token positions. ``mask`` ``[B, T]`` is 1 on the response
 tokens that are trained on; ``traj_index`` ``[B]`` is shared by the rows of one trajectory. Every per-token function
@@ -54,7 +54,7 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 def aggregate(values: Tensor, mask: Tensor, mode: AggMode, traj_index: Tensor | None = None) -> Tensor:
     """Aggregate per-token values into a scalar loss term.
 
-    ``token_mean`` is verl's "token-mean", used by the released code for every term (epo-spec 1.2, 2.2): a flat
+    ``token_mean`` is verl's "token-mean", used by the released code for every term (docs/algorithm.md 2): a flat
     masked mean over all response tokens, so long turns and long trajectories weigh more. ``turn_traj_mean`` is the
     paper's nested mean of Eq. 2 (also used for L_smooth, Eq. 4): the mean over the tokens of each turn, then over the
     turns of each trajectory, then over trajectories. Rows without response tokens do not count as turns, and
@@ -139,7 +139,7 @@ def ppo_clip_loss(
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k3") -> Tensor:
-    """Per-token estimate of KL(pi_theta || pi_ref) on sampled tokens (epo-spec 1.2 and 5, verl ``kl_penalty``).
+    """Per-token estimate of KL(pi_theta || pi_ref) on sampled tokens (docs/algorithm.md 5, verl ``kl_penalty``).
 
     - ``k1``: ``logp - ref``.
     - ``k2``: ``0.5 * (logp - ref)^2``.
@@ -185,7 +185,7 @@ def smoothing_penalty(
     ``hinge`` is paper v2 Eq. 4: ``alpha * (relu(kappa_l * h_ref - H) + relu(H - kappa_r * h_ref))``. Its gradient
     w.r.t. H is ``-alpha`` below the corridor, 0 inside and ``+alpha`` above (Lemma A.11).
 
-    ``indicator`` reproduces the released code (v1 Eq. 5, ``generate_entropy_penalty`` in token mode, epo-spec 3.3):
+    ``indicator`` reproduces the released code (v1 Eq. 5, token mode of ``generate_entropy_penalty``):
     ``alpha`` where H is outside the open interval (kappa_l * h_ref, kappa_r * h_ref), else 0. It is a constant with
     **no gradient**, on purpose: the released code's smoothing term shifts the loss value but never the update,
     and this mode exists to reproduce that behaviour for faithful comparisons.
@@ -214,7 +214,7 @@ def smoothing_penalty(
 
 @dataclass(frozen=True)
 class EPOLossConfig:
-    """Static settings of the EPO objective (paper Eq. 6; defaults follow epo-spec sections 1.2 and 7).
+    """Static settings of the EPO objective (paper Eq. 6; defaults follow the released code, docs/algorithm.md).
 
     Attributes:
         clip_low: PPO epsilon below 1, in (0, 1).
@@ -453,7 +453,7 @@ def _policy_gradient_loss(
     old_entropy: Tensor | None,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-token policy-gradient loss with the configured entropy controls (spec 12 (b)-(d), (f), (g)).
+    """Per-token policy-gradient loss with the configured entropy controls (docs/algorithm.md 6).
 
     Returns the loss ``[B, T]`` and three bool ``[B, T]`` masks: PPO-clipped, covariance-selected, ERC-stopped.
     """

@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedule: linear warmup, then cosine decay to a floor (epo-spec 7.1).
+"""The paper's learning-rate schedule: linear warmup, then cosine decay to a floor (paper Tables 2 and 3).
 
 Tables 2 and 3 use AdamW with a cosine schedule (``num_cycles`` 0.5), warmup ratio 0.1 and min-LR ratio 0.2, stepped
 once per RL step as verl steps its actor scheduler once per update. With ``p`` the post-warmup progress in [0, 1]:

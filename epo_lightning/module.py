@@ -4,7 +4,7 @@ The objective itself is pure tensor math in ``epo_lightning.losses`` (paper Eq. 
 
     loss = L_pg - lambda * (L_H - beta_k * L_smooth) + c_kl * KL   (+ the critic's value loss with ``advantage=gae``)
 
-and the advantage estimators in ``epo_lightning.advantages`` (GRPO, RLOO, GiGPO, GAE; spec 1.1-1.3). This module
+and the advantage estimators in ``epo_lightning.advantages`` (GRPO, RLOO, GiGPO, GAE; docs/algorithm.md 1). This module
 computes log-probs, entropy and values at response positions, calls them, and logs. The entropy reference ``H_ref``,
 the phase weight ``beta_k`` and the entropy coefficient ``entropy_coef`` are plain attributes that callbacks set
 (``EntropyHistory``, ``PhaseScheduler``, ``AdaptiveEntropyCoef``); without those callbacks the module trains with
@@ -89,8 +89,8 @@ class EPOModule(pl.LightningModule):
         val_temperature: sampling temperature of evaluation episodes (0.4 in the paper; 0 = greedy).
         max_new_tokens: response budget per turn.
         advantage: ``grpo`` (group mean and std, paper Eq. 1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
-            group baseline), ``gigpo`` (episode groups plus anchor-state step groups, spec 1.3) or ``gae`` (PPO with
-            a critic, spec 1.2).
+            group baseline), ``gigpo`` (episode groups plus anchor-state step groups) or ``gae`` (PPO with
+            a critic).
         grpo_statistics: ``trajectory`` (the paper's Eq. 1: a group's mean and std are over its trajectories, each
             counted once) or ``row`` (the released code: over every turn-row, so long trajectories weigh more).
         gamma: discount of GAE and of GiGPO's step returns (1.0 in the EPO code; GiGPO uses 0.95).
@@ -117,7 +117,7 @@ class EPOModule(pl.LightningModule):
         kappa_r: upper corridor factor on H_ref.
         alpha: corridor penalty weight (0.1 ALFWorld, 0.05 ScienceWorld).
         smoothing_gate_turn: apply the smoothing term only to micro-batches holding a row of this turn index or
-            later (the released code's gate, always 25 there; spec 3.3); None applies it everywhere (the paper).
+            later (the released code's gate, always 25 there); None applies it everywhere (the paper).
         policy_loss: ``vanilla`` (clipped PPO), ``clip_cov`` or ``kl_cov`` (arXiv 2505.22617).
         clip_cov_ratio: fraction of tokens Clip-Cov detaches (verl 2e-4).
         clip_cov_lb: lower covariance bound of Clip-Cov's candidates (verl 1.0).
@@ -495,7 +495,7 @@ class EPOModule(pl.LightningModule):
         anchor_index: Tensor,
         step_rewards: Tensor,
     ) -> Tensor:
-        """Per-row advantages ``[N]`` of the critic-free estimators (spec 1.1-1.3) from the rows' facts ``[N]``."""
+        """Per-row advantages ``[N]`` of the critic-free estimators from the rows' facts ``[N]``."""
         estimator = self.hparams.advantage
         if estimator in ("grpo", "grpo_mean") and self.hparams.grpo_statistics == "trajectory":
             return trajectory_grpo_advantages(scores, group_index, traj_index, normalize_std=estimator == "grpo")
@@ -516,7 +516,7 @@ class EPOModule(pl.LightningModule):
         raise ValueError(f"advantage {estimator!r} needs the critic's values; it is assigned per token.")
 
     def _assign_gae(self, batches: Sequence[TurnBatch]) -> None:
-        """GAE per row with the row reward on its last response token (spec 1.2), whitened over the whole step."""
+        """GAE per row with the row reward on its last response token, whitened over the whole step."""
         for batch in batches:
             mask = batch.response_mask
             last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)

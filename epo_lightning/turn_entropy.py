@@ -1,4 +1,4 @@
-"""``TurnEntropy``: mean token entropy per turn index, the per-turn history entry of the released code (spec 3.3).
+"""``TurnEntropy``: mean token entropy per turn index, the per-turn history entry of the released code.
 
 The released code records ``ent_mean[t]``, the token-mean entropy of turn ``t`` over the rollout batch, every RL step,
 and references each row's tokens against the history mean at the row's own turn index. This metric accumulates the

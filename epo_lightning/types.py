@@ -1,4 +1,4 @@
-"""Typed containers for the data that flows from rollouts into training (design.md, "Key types")."""
+"""Typed containers for the data that flows from rollouts into training (docs/architecture.md, "Key types")."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class TurnBatch:
         traj_index: ``[B]`` trajectory id, shared by the rows of one episode (for trajectory-level aggregation).
         group_index: ``[B]`` task group id (GRPO / RLOO / GiGPO groups).
         anchor_index: ``[B]`` anchor-state id: rows of one group that saw the same observation share it (GiGPO).
-        scores: ``[B]`` row reward: episode score minus the turn's invalid-action penalty (spec 1.2).
+        scores: ``[B]`` row reward: episode score minus the turn's invalid-action penalty (docs/algorithm.md 1).
         step_rewards: ``[B]`` the turn's own scaled reward minus its invalid-action penalty.
         advantages: ``[B]`` per-row advantage broadcast to the row's tokens, or ``[B, L]`` per token (GAE).
         old_logprobs: ``[B, L]`` log-probs of the rollout policy at response positions (0 elsewhere).

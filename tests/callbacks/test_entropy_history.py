@@ -165,7 +165,7 @@ def test_a_module_without_the_contract_is_rejected_at_setup(tmp_path):
         trainer.fit(BoringModel())
 
 
-# ---------------------------------------------------------------- the released code's per-turn history (spec 3.3)
+# ---------------------------------------------------------------- the released code's per-turn history
 def test_per_turn_reference_is_the_mean_per_turn_index_over_steps():
     callback = EntropyHistory(per_turn=True)
     callback.append(torch.tensor([1.0, 2.0, math.nan]))  # step 0 had no turn 2

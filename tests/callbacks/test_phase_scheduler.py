@@ -173,5 +173,5 @@ def test_a_module_without_beta_is_rejected_at_setup(tmp_path):
     ],
 )
 def test_code_piecewise_schedule_is_the_released_code_weight(epoch, expected):
-    # spec 4.2: K hard-coded to 150, half 75; 0.827 at the half, a jump to 0.8 after it, 0.108 at 125, 0.040 at 150
+    # released code: K = 150, half 75; 0.827 at the half, a jump to 0.8 after it, 0.108 at 125, 0.040 at 150
     assert PhaseScheduler("code_piecewise").get_beta(epoch) == pytest.approx(expected, abs=1e-4)

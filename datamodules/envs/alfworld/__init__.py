@@ -1,4 +1,4 @@
-"""ALFWorld (PyPI ``alfworld`` with ``textworld[pddl]``) behind the suite interface (epo-spec 8)."""
+"""ALFWorld (PyPI ``alfworld`` with ``textworld[pddl]``) behind the suite interface."""
 
 from datamodules.envs.alfworld.env import TASK_TYPES, AlfWorldTextEnv
 from datamodules.envs.alfworld.prompt import AlfWorldPrompt

@@ -1,4 +1,4 @@
-"""``AlfWorldTextEnv``: ALFWorld's text games (TextWorld + PDDL) as a Gymnasium text environment (epo-spec 8).
+"""``AlfWorldTextEnv``: ALFWorld's text games (TextWorld + PDDL) as a Gymnasium text environment.
 
 Games come from ``$ALFWORLD_DATA/json_2.1.1/{train,valid_seen,valid_unseen}``: every trial folder holding a solvable
 ``game.tw-pddl`` and a ``traj_data.json`` whose task type is selected. ``train`` plays the training games,

@@ -1,4 +1,4 @@
-"""The paper's ALFWorld prompt (arXiv 2509.22576 Appendix D; epo-spec 8.1), as a ``PromptBuilder``.
+"""The paper's ALFWorld prompt (arXiv 2509.22576 Appendix D), as a ``PromptBuilder``.
 
 The first turn shows the observation and the admissible actions; later turns add the task, the step count and the last
 ``history_length`` (observation, action) pairs. The model answers with ``<think>...</think>`` then

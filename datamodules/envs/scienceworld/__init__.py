@@ -1,4 +1,4 @@
-"""ScienceWorld (PyPI ``scienceworld``, its bundled jar, Java 17) behind the suite interface (epo-spec 8)."""
+"""ScienceWorld (PyPI ``scienceworld``, its bundled jar, Java 17) behind the suite interface."""
 
 from datamodules.envs.scienceworld.env import OOD_TASK_IDS, ScienceWorldTextEnv
 from datamodules.envs.scienceworld.prompt import ScienceWorldPrompt

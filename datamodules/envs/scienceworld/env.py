@@ -1,4 +1,4 @@
-"""``ScienceWorldTextEnv``: ScienceWorld as a Gymnasium text environment on the fast path (epo-spec 8.3-8.4).
+"""``ScienceWorldTextEnv``: ScienceWorld as a Gymnasium text environment on the fast path.
 
 ``scienceworld.ScienceWorldEnv.step`` runs at ~17 steps/s on these machines because every step rebuilds the list of
 valid action-object combinations; this adapter calls the simulator's server step directly (~500 steps/s) and fetches
@@ -27,7 +27,7 @@ from gymnasium import spaces
 
 from datamodules.envs import require
 
-#: RLVMR's held-out ScienceWorld task ids (the EPO code's L2 test split, epo-spec 8.4).
+#: RLVMR's held-out ScienceWorld task ids (the EPO code's L2 test split).
 OOD_TASK_IDS: tuple[int, ...] = (1, 4, 8, 11, 13, 16, 18, 21, 24, 28)
 #: What ScienceWorld answers to an input it cannot parse.
 UNKNOWN_ACTION = "No known action matches that input."

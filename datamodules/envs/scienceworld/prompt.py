@@ -1,4 +1,4 @@
-"""The paper's ScienceWorld prompt (arXiv 2509.22576 Appendix D; epo-spec 8.1), as a ``PromptBuilder``.
+"""The paper's ScienceWorld prompt (arXiv 2509.22576 Appendix D), as a ``PromptBuilder``.
 
 Every earlier action is listed, the last ``history_length`` steps are shown with their observations, and the valid
 action-object combinations of the current state follow the action templates. The model answers with

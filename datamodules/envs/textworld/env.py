@@ -15,7 +15,7 @@ from datamodules.envs import require
 from datamodules.envs.textworld.game_env import TextWorldGame
 from datamodules.envs.textworld.games import game_path
 
-#: Settings of each challenge when none are given (the machine-facts 3c command lines).
+#: Settings of each challenge when none are given (those of TextWorld's ``tw-make`` examples).
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "tw-coin_collector": {"level": 5},
     "tw-treasure_hunter": {"level": 5},

@@ -1,4 +1,4 @@
-"""Generate TextWorld challenge games once into a cache directory and reuse them (machine-facts 3c).
+"""Generate TextWorld challenge games once into a cache directory and reuse them (about 1 to 4 s per game).
 
 TextWorld compiles a game in 1-4 s, too slow for one per episode but fine once per game: game ``i`` of a split is
 generated on first use from seed ``SPLIT_SEED_BASE[split] + i`` and kept under
