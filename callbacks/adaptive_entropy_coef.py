@@ -41,6 +41,9 @@ class AdaptiveEntropyCoef(Callback):
         ValueError: If an argument is out of range; the message names the argument to change.
     """
 
+    #: The module attributes this callback sets; two callbacks that set the same one are refused at fit start.
+    controls: tuple[str, ...] = ("entropy_coef",)
+
     def __init__(
         self,
         target_ratio: float = 0.4,

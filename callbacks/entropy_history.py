@@ -57,6 +57,9 @@ class EntropyHistory(Callback):
         ValueError: If an argument is out of range; the message names the argument to change.
     """
 
+    #: The module attributes this callback sets; two callbacks that set the same one are refused at fit start.
+    controls: tuple[str, ...] = ("entropy_reference",)
+
     def __init__(
         self,
         mode: Literal["cumulative", "window", "ema"] = "cumulative",

@@ -44,6 +44,9 @@ class PhaseScheduler(Callback):
         ValueError: If an argument is out of range; the message names the argument to change.
     """
 
+    #: The module attributes this callback sets; two callbacks that set the same one are refused at fit start.
+    controls: tuple[str, ...] = ("beta",)
+
     def __init__(
         self,
         schedule: Literal["paper_exp", "constant", "milestones", "code_piecewise"] = "paper_exp",

@@ -682,6 +682,16 @@ class EPOModule(pl.LightningModule):
 
     @override
     def on_fit_start(self) -> None:
+        owners: dict[str, Any] = {}
+        for callback in self.trainer.callbacks:  # e.g. a beta callback added while the `phase:` slot keeps its own
+            for attribute in getattr(callback, "controls", ()):
+                if attribute in owners:
+                    raise ValueError(
+                        f"{type(owners[attribute]).__name__} and {type(callback).__name__} both set "
+                        f"pl_module.{attribute}: keep one (the CLI's `entropy_history:` and `phase:` slots hold the "
+                        "defaults; replace a slot's class_path, or set it to null, instead of adding a second one)."
+                    )
+                owners[attribute] = callback
         # A validation run before fit (val_before_fit) leaves metric states created under inference mode, which the
         # in-fit validation loop (no_grad, not inference mode) cannot update in place: start from fresh states.
         for metric in [*self.val_success.values(), *self.val_episode_len.values(), *self.val_valid_actions.values()]:

@@ -55,7 +55,8 @@ def test_debug_overlay_composes_over_quickstart() -> None:
     cli = cli_main(FAST, run=False)
     assert cli.trainer.max_epochs == 2
     assert cli.datamodule.group_size == 2
-    assert cli.model.tiny.prior_states == 300
+    assert cli.model.tiny.prior_states == 3000
+    assert cli.trainer.logger is not None and cli.trainer.checkpoint_callback is not None  # a real run, only smaller
 
 
 def test_reference_code_overlay_switches_every_released_code_behaviour_on() -> None:

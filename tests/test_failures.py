@@ -109,7 +109,6 @@ def test_ckpt_path_last_with_nothing_to_resume_is_an_error(cache_dir, tmp_path, 
     with pytest.raises(FileNotFoundError, match="no last.ckpt"):
         cli_main(
             ["fit", "--config", "configs/quickstart.yaml", "--config", "configs/debug.yaml",
-             "--trainer.enable_checkpointing=true", "--trainer.callbacks+=ModelCheckpoint",
              f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.cache_dir={cache_dir}", "--ckpt_path=last"]
         )  # fmt: skip
 
@@ -162,3 +161,14 @@ def test_a_run_hung_in_an_in_process_environment_stops_on_sigterm(tmp_path, tiny
     finally:
         process.kill()
     assert status == 128 + signal.SIGTERM  # stopped, and not reported as a finished run
+
+
+def test_two_callbacks_that_set_the_same_module_attribute_are_refused(cache_dir, tiny_policy_dir, tmp_path):
+    from callbacks import PhaseScheduler
+
+    class MyBeta(Callback):
+        controls = ("beta",)
+
+    trainer = make_trainer(tmp_path, callbacks=[PhaseScheduler(total_steps=2), MyBeta()])
+    with pytest.raises(ValueError, match="PhaseScheduler and MyBeta both set pl_module.beta"):
+        trainer.fit(_module(cache_dir), datamodule=RolloutDataModule(**EASY_DATA))
