@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.errors import ConfigurationError
 from epo_lightning.module import EPOModule
 
 #: Trainer settings of automatic optimization, and what sets the same thing here.
@@ -31,10 +32,6 @@ MANUAL_OPTIMIZATION_KEYS = {
     "accumulate_grad_batches": "data.init_args.mini_batch_size (rows per update) and micro_batch_size (memory)",
 }
 FORCED_CALLBACKS = {"entropy_history": "callbacks.EntropyHistory", "phase": "callbacks.PhaseScheduler"}
-
-
-class ConfigurationError(ValueError):
-    """A setting that a constructor refused: the console script prints its message alone (no traceback)."""
 
 
 class EPOCLI(LightningCLI):
@@ -127,10 +124,18 @@ def cli_main(args: ArgsType = None, run: bool = True) -> EPOCLI:
 
 
 def _root_cause(error: BaseException) -> str:
-    """The innermost message of a chain of wrapped exceptions (jsonargparse wraps a constructor's own error)."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    return f"{type(error).__name__}: {error}"
+    """The message to show for a chain of wrapped exceptions (jsonargparse wraps a constructor's own error).
+
+    A ``ConfigurationError`` in the chain already says what to change; otherwise the innermost error is the cause.
+    """
+    chain = [error]
+    while True:
+        nested = chain[-1].__cause__ or (None if chain[-1].__suppress_context__ else chain[-1].__context__)
+        if nested is None:
+            break
+        chain.append(nested)
+    shown = next((e for e in chain if isinstance(e, ConfigurationError)), chain[-1])
+    return str(shown) if isinstance(shown, ConfigurationError) else f"{type(shown).__name__}: {shown}"
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from epo_lightning.advantages import (
 )
 from epo_lightning.atomic_checkpoint import AtomicCheckpointIO
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
+from epo_lightning.errors import ConfigurationError
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.lora import LoraSettings, adapters_disabled
 from epo_lightning.losses import EPOLossConfig, epo_loss
@@ -288,7 +289,7 @@ class EPOModule(pl.LightningModule):
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         group_size = getattr(self.trainer.datamodule, "group_size", None)
         if group_size == 1 and self.hparams.advantage in ("grpo", "grpo_mean", "rloo"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"data.group_size is 1, so model.advantage={self.hparams.advantage!r} compares every episode only with "
                 "itself and gives every advantage 0: nothing would train. Use data.group_size >= 2, or "
                 "model.advantage: gae (PPO with a critic) for single episodes."

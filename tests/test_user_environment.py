@@ -83,3 +83,32 @@ def test_environment_paths_that_do_not_import_or_break_the_contract_fail_at_setu
         ValueError, match=r"broken_env.NoInfo' breaks the environment contract: reset returned 'a room'"
     ):
         data.setup("fit")
+
+
+def test_a_broken_environment_is_one_line_and_exit_status_two(tmp_path):
+    (tmp_path / "broken_env.py").write_text(
+        "class NoInfo:\n    def reset(self, *, seed=None, options=None):\n        return 'a room'\n"
+        "    def close(self):\n        pass\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    for value, message in (
+        ("nowhere.Env", "data.env='nowhere.Env' does not import"),  # refused while the classes are built
+        ("broken_env.NoInfo", "breaks the environment contract"),  # refused at setup
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT, "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+             f"--data.init_args.env={value}", f"--model.init_args.cache_dir={tmp_path / 'cache'}",
+             f"--trainer.default_root_dir={tmp_path}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert message in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
+
+
+def test_the_objective_math_and_the_environments_import_without_lightning():
+    code = (
+        "import sys, epo_lightning.losses, epo_lightning.advantages, datamodules.envs.embedded; "
+        "print(sorted(m for m in ('lightning', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]

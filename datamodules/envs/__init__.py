@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 
 from datamodules.prompts import PromptBuilder
+from epo_lightning.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -88,26 +89,27 @@ def get_suite(name: str) -> EnvSuite:
     if name in SUITES:
         return SUITES[name]()
     if "." not in name:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown env {name!r}: choose one of {sorted(SUITES)}, or give an import path (pkg.module.Env)."
         )
     module_name, _, attribute = name.rpartition(".")
     try:
         target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(
+        raise ConfigurationError(
             f"data.env={name!r} does not import ({type(error).__name__}: {error}); the epo command looks in the "
             "current directory and the installed packages."
         ) from None
     if isinstance(target, EnvSuite):
         return target
     if not callable(target):
-        raise ValueError(f"data.env={name!r} is a {type(target).__name__}, not an environment class or factory.")
+        kind = type(target).__name__
+        raise ConfigurationError(f"data.env={name!r} is a {kind}, not an environment class or factory.")
     return EnvSuite(make=target, prompt=getattr(target, "prompt_builder", PromptBuilder))
 
 
 def check_contract(make: Callable[[], gym.Env], name: str) -> None:
-    """Reset one environment and raise a one-line ``ValueError`` if it breaks the text-environment contract.
+    """Reset one environment and raise a ``ConfigurationError`` if it breaks the text-environment contract.
 
     ``reset(seed=..., options={"split": "train"})`` must return ``(observation: str, info: dict)`` with ``info["task"]``
     (the goal text) and ``info["admissible_actions"]`` (a list, which the prompt shows; it may be empty).
@@ -124,7 +126,7 @@ def check_contract(make: Callable[[], gym.Env], name: str) -> None:
         problem = f"reset's info has the keys {sorted(info)}"
     else:
         return
-    raise ValueError(
+    raise ConfigurationError(
         f"data.env={name!r} breaks the environment contract: {problem}; expected (observation: str, info: dict with "
         "'task': str and 'admissible_actions': list), and a step returning (str, reward, terminated, truncated, info "
         "with 'won')."
