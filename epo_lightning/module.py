@@ -294,13 +294,11 @@ class EPOModule(pl.LightningModule):
                 "itself and gives every advantage 0: nothing would train. Use data.group_size >= 2, or "
                 "model.advantage: gae (PPO with a critic) for single episodes."
             )
-        if self.policy_name == "tiny" and self._policy_source is None:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            if datamodule is None or not hasattr(datamodule, "format_prior_examples"):
-                raise RuntimeError(
-                    "model.policy='tiny' builds its tokenizer and format prior from the environment: train with a "
-                    "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
-                )
+        if self.policy_name == "tiny" and self._policy_source is None and not self._has_env():
+            raise RuntimeError(
+                "model.policy='tiny' builds its tokenizer and format prior from the environment: train with a "
+                "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
+            )
 
     @override
     def configure_model(self) -> None:
@@ -332,6 +330,7 @@ class EPOModule(pl.LightningModule):
                 shard(self.critic, self.critic.backbone.layers, mesh)
 
     def _has_env(self) -> bool:
+        """The Trainer's DataModule can play the environment (what the tiny preset is built from)."""
         return hasattr(getattr(self._trainer, "datamodule", None), "format_prior_examples")
 
     def _data_parallel_mesh(self) -> Any:
