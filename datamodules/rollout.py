@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from datamodules.action_parser import parse_action
 from datamodules.env_pool import EnvFailure, EnvPool
 from datamodules.prompts import PromptBuilder
-from epo_lightning.types import Episode, Turn
+from epo_lightning.types import Episode, Generation, Turn
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ class RolloutPolicy(Protocol):
 
     tokenizer: PreTrainedTokenizerBase
 
-    def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> list[list[int]]:
-        """Sample one response (token ids) per prompt."""
+    def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> Generation:
+        """Sample one response (token ids, and the engine's log-probs if it reports them) per prompt."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,16 @@ def collect_episodes(
             admissible = state["info"].get("admissible_actions", [])
             text = prompt_builder.render(episodes[i].task, state["history"], state["obs"], admissible)
             prompts.append(prompt_builder.encode(tokenizer, text))
-        responses = policy.generate(prompts, evaluation=evaluation)
+        generation = policy.generate(prompts, evaluation=evaluation)
+        responses = generation.token_ids
+        logprobs = generation.logprobs or [None] * len(responses)
         generated += sum(len(r) for r in responses)
         to_step = []
-        for i, prompt_ids, response_ids in zip(active, prompts, responses, strict=True):
+        for i, prompt_ids, response_ids, response_logprobs in zip(active, prompts, responses, logprobs, strict=True):
             text = tokenizer.decode(response_ids, skip_special_tokens=True)
             parsed = parse_action(text, require_think=require_think)
             turn = Turn(prompt_ids, response_ids, text, parsed.action, False, states[i]["obs"], turn_index)
+            turn.response_logprobs = response_logprobs
             episodes[i].turns.append(turn)
             states[i]["history"].append((states[i]["obs"], parsed.action))
             if parsed.ok:

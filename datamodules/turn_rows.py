@@ -23,6 +23,7 @@ class TurnRow:
         turn_index: position of the turn in its episode.
         step_reward: this turn's own reward, ``reward_scale * r_t`` minus its invalid penalty (GiGPO's step level).
         anchor_id: the same id for rows of one group that saw the same observation (GiGPO's anchor states).
+        rollout_logprobs: the rollout engine's log-probs of ``response_ids``, when it reports them.
     """
 
     prompt_ids: list[int]
@@ -33,6 +34,7 @@ class TurnRow:
     turn_index: int
     step_reward: float
     anchor_id: int
+    rollout_logprobs: list[float] | None = None
 
 
 def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_penalty: float) -> list[TurnRow]:
@@ -63,6 +65,7 @@ def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_p
                     turn_index=turn.turn_index,
                     step_reward=reward_scale * turn.reward - penalty,
                     anchor_id=anchor,
+                    rollout_logprobs=turn.response_logprobs,
                 )
             )
     return rows
@@ -83,11 +86,15 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    engine_reported = any(row.rollout_logprobs is not None for row in rows)
+    rollout_logprobs = torch.zeros((len(rows), width), dtype=torch.float32) if engine_reported else None
     for b, row in enumerate(rows):
         n_prompt, n_total = len(row.prompt_ids), len(row.prompt_ids) + len(row.response_ids)
         input_ids[b, :n_total] = torch.tensor(row.prompt_ids + row.response_ids)
         attention_mask[b, :n_total] = 1
         response_mask[b, n_prompt:n_total] = 1.0
+        if rollout_logprobs is not None and row.rollout_logprobs:
+            rollout_logprobs[b, n_prompt:n_total] = torch.tensor(row.rollout_logprobs)
     return TurnBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -98,4 +105,5 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         anchor_index=torch.tensor([r.anchor_id for r in rows]),
         scores=torch.tensor([r.score for r in rows], dtype=torch.float32),
         step_rewards=torch.tensor([r.step_reward for r in rows], dtype=torch.float32),
+        rollout_logprobs=rollout_logprobs,
     )

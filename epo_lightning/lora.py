@@ -8,6 +8,7 @@ with the policy: it is a full, trained copy of the backbone, built before the ad
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -62,3 +63,24 @@ def adapters_disabled(model: nn.Module) -> AbstractContextManager:
 def base_model(model: nn.Module) -> nn.Module:
     """The Hugging Face model under PEFT's wrapper (the model itself without one)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.no_grad()
+def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under Hugging Face names, with any LoRA update merged in: ``W + (alpha / r) B A``.
+
+    This is what an inference engine that knows nothing of adapters must hold (``VLLMEngine.load_weights``). Nothing
+    is modified or copied but the merged matrices. Tied weights are listed under each of their names.
+    """
+    base = base_model(model)
+    for name, param in base.named_parameters(remove_duplicate=False):
+        if ".lora_" in name:
+            continue
+        weight = param.detach()
+        if ".base_layer." in name:  # a PEFT-wrapped layer: its frozen weight plus the active adapters' update
+            layer_name, _, leaf = name.rpartition(".base_layer.")
+            layer = base.get_submodule(layer_name)
+            if leaf == "weight":
+                weight = weight + sum(layer.get_delta_weight(adapter) for adapter in layer.active_adapters)
+            name = f"{layer_name}.{leaf}"
+        yield name, weight

@@ -362,6 +362,7 @@ def epo_loss(
     old_entropy: Tensor | None = None,
     generator: torch.Generator | None = None,
     token_weights: Tensor | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, EPOStats]:
     """The EPO loss, paper Eq. 6 (minimized), plus the released code's KL term.
 
@@ -387,6 +388,9 @@ def epo_loss(
         old_entropy: ``[B, T]`` rollout-policy token entropy; required by ERC.
         generator: random source of Clip-Cov's token draw.
         token_weights: ``[B, T]`` per-token weights (0 off the mask) replacing ``cfg.agg`` by a weighted sum.
+        is_weights: ``[B, T]`` truncated importance weights ``min(pi_old / pi_engine, cap)`` (no grad) multiplying
+            the policy-gradient term per token, correcting a rollout engine whose distribution differs slightly
+            from the trainer's (docs/algorithm.md 8).
 
     Returns:
         ``(loss, stats)``: the scalar loss with grad, and the detached logged scalars.
@@ -408,6 +412,8 @@ def epo_loss(
     pg, clipped, cov_selected, erc_outside = _policy_gradient_loss(
         logprobs, old_logprobs, entropy, advantages, mask_f, cfg, old_entropy, generator
     )
+    if is_weights is not None:
+        pg = pg * is_weights.detach()
     loss_pg = agg(pg)
     loss_entropy = agg(entropy)
     loss_smooth = logprobs.new_zeros(())

@@ -44,14 +44,15 @@ from epo_lightning.errors import ConfigurationError
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.lora import LoraSettings, adapters_disabled
 from epo_lightning.losses import EPOLossConfig, epo_loss
-from epo_lightning.policy import enable_gradient_checkpointing, generate_responses, load_policy
+from epo_lightning.policy import enable_gradient_checkpointing, load_policy
 from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
+from epo_lightning.rollout_engine import HFEngine, RolloutEngine
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
 from epo_lightning.turn_entropy import TurnEntropy
-from epo_lightning.types import TurnBatch
+from epo_lightning.types import Generation, TurnBatch
 from epo_lightning.update_weights import update_token_weights
 
 
@@ -89,6 +90,13 @@ class EPOModule(pl.LightningModule):
         temperature: sampling temperature of training rollouts; log-probs are scored at the same temperature.
         val_temperature: sampling temperature of evaluation episodes (0.4 in the paper; 0 = greedy).
         max_new_tokens: response budget per turn.
+        rollout_engine: what samples the rollouts (a ``class_path``): ``HFEngine`` (Hugging Face ``generate`` on the
+            trained model, the default) or ``VLLMEngine`` (``epo_lightning.vllm_engine``), which is reloaded with the
+            policy's weights after every optimizer update.
+        rollout_is_cap: truncated importance-sampling correction of the gap between the engine's log-probs and the
+            trainer's (verl's ``tis_imp_ratio_cap``, TRL's ``vllm_importance_sampling_cap``; 2 is their default):
+            each token's policy-gradient term is weighted by ``min(pi_old / pi_engine, cap)``. None does not correct.
+            Only for an engine that reports its log-probs (``VLLMEngine``).
         advantage: ``grpo`` (group mean and std, paper Eq. 1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
             group baseline), ``gigpo`` (episode groups plus anchor-state step groups) or ``gae`` (PPO with
             a critic).
@@ -150,6 +158,8 @@ class EPOModule(pl.LightningModule):
         temperature: float = 1.0,
         val_temperature: float = 0.4,
         max_new_tokens: int = 8,
+        rollout_engine: RolloutEngine | None = None,
+        rollout_is_cap: float | None = None,
         advantage: AdvantageEstimator = "grpo",
         grpo_statistics: Literal["trajectory", "row"] = "trajectory",
         gamma: float = 1.0,
@@ -201,7 +211,14 @@ class EPOModule(pl.LightningModule):
             raise ValueError(f"model.grad_clip must be > 0, or null to disable gradient clipping; got {grad_clip}.")
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora"])
+        self.rollout_engine = rollout_engine or HFEngine()
+        if rollout_is_cap is not None and (rollout_is_cap <= 0 or not self.rollout_engine.reports_logprobs):
+            raise ConfigurationError(
+                f"model.rollout_is_cap={rollout_is_cap} corrects the gap between the rollout engine's log-probs and "
+                "the trainer's: it must be > 0 (2 is verl's and TRL's default), and the engine must report its "
+                f"log-probs ({type(self.rollout_engine).__name__} does not: it is the trained model); or set it null."
+            )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora", "rollout_engine"])
         self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
         self.hparams["tiny"] = asdict(self.tiny)  # plain types only: checkpoints load with weights_only=True
         self.lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
@@ -254,6 +271,10 @@ class EPOModule(pl.LightningModule):
         self.val_episode_len = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self.val_valid_actions = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
         self.rollout_metrics = RolloutMetrics()
+        # |old_logprobs - rollout_logprobs| over the step's response tokens, for an engine that reports log-probs.
+        self.logprob_gap = MeanMetric()
+        self.logprob_gap_max = MaxMetric()
+        self._engine_stale = True  # the engine has not been given the current weights
         self.train_stats = torch.nn.ModuleDict({_key(name): metric for name, metric in self._train_metrics().items()})
         self.automatic_optimization = False  # see training_step
         self._updates_this_step = 0
@@ -391,6 +412,7 @@ class EPOModule(pl.LightningModule):
         if self.actor is None:
             self._policy_source = checkpoint.get("policy_source") or self._policy_source
             self.configure_model()
+        self._engine_stale = True
         state = checkpoint.get("state_dict")
         if state is not None:
             current = self.state_dict()
@@ -401,13 +423,21 @@ class EPOModule(pl.LightningModule):
         return {name for name, param in self.named_parameters(remove_duplicate=False) if not param.requires_grad}
 
     # ------------------------------------------------------------------ what rollouts call
-    def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> list[list[int]]:
-        """Sample one response per prompt (token ids) at the training or evaluation temperature."""
+    def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> Generation:
+        """Sample one response per prompt at the training or evaluation temperature, with the rollout engine.
+
+        The engine is given the current weights first if an optimizer update (or a checkpoint load) changed them.
+        """
         temperature = self.hparams.val_temperature if evaluation else self.hparams.temperature
         if not self._roots_initialized:
             self._initialize_sharded_roots()
         with unsharded(self.actor):  # ranks sample different lengths: no per-block gathers while decoding
-            return generate_responses(self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens)
+            if self._engine_stale:
+                self.rollout_engine.load_weights(self.model)
+                self._engine_stale = False
+            return self.rollout_engine.generate(
+                self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens
+            )
 
     @torch.no_grad()
     def _initialize_sharded_roots(self) -> None:
@@ -446,13 +476,20 @@ class EPOModule(pl.LightningModule):
 
         Group baselines (GRPO, RLOO, GiGPO) and GAE whitening span every batch of the step, as verl computes them
         over the whole rollout batch before splitting it into micro-batches. Also records the step's rollout entropy
-        (``rollout_entropy``, ``rollout_turn_entropy``) for callbacks.
+        (``rollout_entropy``, ``rollout_turn_entropy``) for callbacks, and the engine-versus-trainer log-prob gap.
         """
         self.rollout_entropy.reset()
         self.rollout_turn_entropy.reset()
+        for metric in (self.logprob_gap, self.logprob_gap_max):
+            metric.reset()
         for batch in batches:
             self.rollout_entropy.update(batch.old_entropy[batch.response_mask.bool()])
             self.rollout_turn_entropy.update(batch.old_entropy, batch.response_mask, batch.turn_index)
+            if self.rollout_engine.reports_logprobs:  # every rank updates (a rank may hold filler rows only)
+                engine = batch.old_logprobs if batch.rollout_logprobs is None else batch.rollout_logprobs
+                gap = (batch.old_logprobs - engine)[batch.response_mask.bool()].abs()
+                self.logprob_gap.update(gap)
+                self.logprob_gap_max.update(gap.max() if gap.numel() else gap.new_zeros(()))
         if not batches:
             return
         if self.hparams.advantage == "gae":
@@ -576,6 +613,7 @@ class EPOModule(pl.LightningModule):
             old_entropy=batch.old_entropy,
             generator=self._generator(batch_idx),
             token_weights=weights * world,
+            is_weights=self._rollout_is_weights(batch),
         )
         share = {
             "loss/total": stats.loss_total,
@@ -631,6 +669,13 @@ class EPOModule(pl.LightningModule):
             self._optimizer_update()
         return stats.loss_total
 
+    def _rollout_is_weights(self, batch: TurnBatch) -> Tensor | None:
+        """Truncated importance weights ``min(pi_old / pi_engine, cap)`` of the response tokens, or None."""
+        cap = self.hparams.rollout_is_cap
+        if cap is None or batch.rollout_logprobs is None:
+            return None
+        return torch.exp(batch.old_logprobs - batch.rollout_logprobs).clamp(max=cap) * batch.response_mask
+
     def _optimizer_update(self) -> None:
         """Clip the policy's and the critic's gradients separately (verl clips each model's norm), then step.
 
@@ -649,6 +694,7 @@ class EPOModule(pl.LightningModule):
             self.train_stats[_key(f"grad_norm/{name}")].update(norm.detach().cpu())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        self._engine_stale = True
         trained = [p for _, module in modules for p in module.parameters() if p.requires_grad]
         if not torch.isfinite(_full(torch.nn.utils.get_total_norm(trained))):
             raise FloatingPointError(self._divergence("the update made weights non-finite"))
@@ -728,6 +774,9 @@ class EPOModule(pl.LightningModule):
         for name, metric in self.rollout_metrics.items():
             if metric.update_called:
                 values[name] = float(metric.compute())
+        if self.rollout_engine.reports_logprobs:
+            values["rollout/logprob_gap"] = float(self.logprob_gap.compute())
+            values["rollout/logprob_gap_max"] = float(self.logprob_gap_max.compute())
         turns = self.train_turn_entropy.compute()[: self.hparams.max_logged_turns]
         values.update({f"entropy/turn_{t}": float(v) for t, v in enumerate(turns.tolist()) if not math.isnan(v)})
         values.update(self._controls)  # what this step trained with (callbacks have already set the next step's)

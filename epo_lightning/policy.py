@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -134,7 +134,9 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dire
     """Write a model (LoRA adapters merged) and its tokenizer as a Hugging Face directory, from any process.
 
     Not ``model.save_pretrained``: under torch.distributed it writes only on global rank 0, and the process that
-    builds a cached policy may be any rank. These are the files ``from_pretrained`` reads (tied weights stored once).
+    builds a cached policy may be any rank. These are the files ``from_pretrained`` reads. Tied weights are stored
+    once, under their first name (the input embedding), as ``save_pretrained`` does: engines such as vLLM read an
+    ``lm_head.weight`` without an embedding as an untied head and leave the embedding uninitialized.
     """
     if hasattr(model, "merge_and_unload"):  # LoRA: the adapters merged into a copy of the base weights
         model = copy.deepcopy(model).merge_and_unload()
@@ -142,7 +144,13 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dire
     model.config.save_pretrained(directory)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(directory)
-    save_model(model, str(directory / "model.safetensors"))
+    weights, stored = {}, set()
+    for name, tensor in model.state_dict().items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if where not in stored:
+            stored.add(where)
+            weights[name] = tensor.detach().contiguous()
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(directory)
 
 

@@ -9,6 +9,20 @@ from torch import Tensor
 
 
 @dataclass
+class Generation:
+    """What a rollout engine returns for a batch of prompts (``epo_lightning.rollout_engine``).
+
+    Attributes:
+        token_ids: the sampled ids of each prompt, up to and including its end-of-turn token.
+        logprobs: the engine's log-prob of each sampled id under ``softmax(logits / temperature)``, or None when the
+            engine does not report them (the Hugging Face engine: it is the trained model itself).
+    """
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]] | None = None
+
+
+@dataclass
 class Turn:
     """One agent turn: the prompt it saw and the tokens it generated, exactly as generated.
 
@@ -21,6 +35,7 @@ class Turn:
         observation: the observation that was in the prompt (for transcripts).
         turn_index: 0-based position of the turn in its episode.
         reward: the environment reward of this step.
+        response_logprobs: the rollout engine's log-prob of each response token (None if it reports none).
     """
 
     prompt_ids: list[int]
@@ -31,6 +46,7 @@ class Turn:
     observation: str
     turn_index: int
     reward: float = 0.0
+    response_logprobs: list[float] | None = None
 
 
 @dataclass
@@ -79,7 +95,11 @@ class TurnBatch:
         scores: ``[B]`` row reward: episode score minus the turn's invalid-action penalty (docs/algorithm.md 1).
         step_rewards: ``[B]`` the turn's own scaled reward minus its invalid-action penalty.
         advantages: ``[B]`` per-row advantage broadcast to the row's tokens, or ``[B, L]`` per token (GAE).
-        old_logprobs: ``[B, L]`` log-probs of the rollout policy at response positions (0 elsewhere).
+        rollout_logprobs: ``[B, L]`` the rollout engine's own log-probs of the response tokens (0 elsewhere), when
+            it reports them (vLLM): compared with ``old_logprobs`` (``rollout/logprob_gap``) and used by the
+            truncated importance-sampling correction.
+        old_logprobs: ``[B, L]`` log-probs of the rollout policy at response positions (0 elsewhere), scored by the
+            trained model.
         old_entropy: ``[B, L]`` token entropy of the rollout policy at response positions.
         ref_logprobs: ``[B, L]`` log-probs of the frozen reference policy, when a KL term is used.
         old_values: ``[B, L]`` critic values at response positions before the update (PPO with GAE).
@@ -99,6 +119,7 @@ class TurnBatch:
     anchor_index: Tensor
     scores: Tensor
     step_rewards: Tensor
+    rollout_logprobs: Tensor | None = None
     advantages: Tensor | None = None
     old_logprobs: Tensor | None = None
     old_entropy: Tensor | None = None

@@ -8,6 +8,7 @@ from datamodules.rollout import TaskSpec, collect_episodes
 from datamodules.turn_rows import collate_rows, episodes_to_rows
 from epo_lightning.policy import generate_responses, load_policy
 from epo_lightning.tiny_preset import response_ids
+from epo_lightning.types import Generation
 
 
 class SampledPolicy:
@@ -15,7 +16,7 @@ class SampledPolicy:
         self.model, self.tokenizer = load_policy(path)
 
     def generate(self, prompts, evaluation=False):
-        return generate_responses(self.model, self.tokenizer, prompts, temperature=1.0, max_new_tokens=8)
+        return Generation(generate_responses(self.model, self.tokenizer, prompts, temperature=1.0, max_new_tokens=8))
 
 
 class PlannerPolicy:
@@ -27,7 +28,7 @@ class PlannerPolicy:
     def generate(self, prompts, evaluation=False):
         active = [env for env in self.envs if optimal_actions(env)]
         assert len(active) == len(prompts)
-        return [response_ids(self.tokenizer, optimal_actions(env)[0]) for env in active]
+        return Generation([response_ids(self.tokenizer, optimal_actions(env)[0]) for env in active])
 
 
 class GarbagePolicy:
@@ -35,7 +36,7 @@ class GarbagePolicy:
         self.tokenizer, self.rng = tokenizer, random.Random(0)
 
     def generate(self, prompts, evaluation=False):
-        return [[self.rng.randrange(len(self.tokenizer)) for _ in range(7)] for _ in prompts]
+        return Generation([[self.rng.randrange(len(self.tokenizer)) for _ in range(7)] for _ in prompts])
 
 
 def _tasks(n: int, group_size: int = 1) -> list[TaskSpec]:

@@ -8,6 +8,7 @@ import torch
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
 from epo_lightning.tiny_preset import TinyPreset, build_word_tokenizer, response_ids
+from epo_lightning.types import Generation
 from tests.conftest import make_trainer
 
 
@@ -26,7 +27,7 @@ class ReplayPolicy:
     def generate(self, prompts, evaluation=False):
         action = self.actions[min(self.turn, len(self.actions) - 1)]
         self.turn += 1
-        return [response_ids(self.tokenizer, action) for _ in prompts]
+        return Generation([response_ids(self.tokenizer, action) for _ in prompts])
 
 
 def fit_briefly(tmp_path: Path, env: str, env_kwargs: dict, max_positions: int = 512, **data) -> None:

