@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py (the script's directory is on sys.path)
 
 ROOT = Path(__file__).parents[1]
 LABELS = {"full": "full + frozen reference copy", "lora": "LoRA r=16 all-linear, reference = adapters off"}
@@ -71,8 +71,7 @@ def main() -> None:
         print(json.dumps(one_update(args.child == "lora", args.rows, args.length, args.cache)))
         return
     print(f"command: python benchmarks/lora_memory.py --rows {args.rows} --length {args.length}")
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"machine: {describe()}")
     print("\n| setting | trained params (M) | peak RSS (GB) | update (s) |\n|---|---|---|---|")
     for setting in ("full", "lora"):
         command = [sys.executable, __file__, "--child", setting, "--rows", str(args.rows), "--length", str(args.length)]

@@ -21,12 +21,11 @@ allocator's fragmentation and temporary buffers).
 
 from __future__ import annotations
 
-import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from machine import describe  # benchmarks/machine.py (the script's directory is on sys.path)
 
 ROOT = Path(__file__).parents[1]
 GPUS, GPU_GB, BUDGET_GB = 8, 80, 72
@@ -90,14 +89,9 @@ def memory(config: dict, sharded: bool, checkpointing: bool) -> dict[str, float]
     return parts
 
 
-def machine() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return f"commit {commit.stdout.strip()}, {platform.node()}, Python {platform.python_version()}"
-
-
 def main() -> None:
     print("command: python benchmarks/paper_memory.py")
-    print(f"{machine()}; arithmetic for {GPUS} x {GPU_GB} GB GPUs, fits = peak < {BUDGET_GB} GB\n")
+    print(f"{describe()}; arithmetic for {GPUS} x {GPU_GB} GB GPUs, fits = peak < {BUDGET_GB} GB\n")
     columns = ["params", "grads", "adam", "reference", "critic", "activations", "rollout", "peak"]
     print("GB per GPU with gradient checkpointing; the last column is the peak without it.\n")
     print("| config | strategy | " + " | ".join(columns) + " | fits | peak, no checkpointing |")

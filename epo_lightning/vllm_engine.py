@@ -139,6 +139,23 @@ class VLLMEngine(RolloutEngine):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(policy)})
         self.llm.reset_prefix_cache()
 
+    @staticmethod
+    def _check_head_size(config: Any) -> None:
+        """Refuse a head size vLLM's CPU attention has no kernel for, before that kernel fails mid-rollout."""
+        if torch.cuda.is_available():
+            return
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        if head_size not in supported:
+            raise ConfigurationError(
+                f"vLLM on CPU has no attention kernel for head size {head_size} (hidden_size {config.hidden_size} / "
+                f"{config.num_attention_heads} heads); it supports {supported}. For the tiny preset set "
+                "model.tiny.hidden_size / num_heads to one of them (the quickstart's 128 / 4 = 32), or sample with "
+                "HFEngine."
+            )
+
     def _start(self, policy: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Build the engine from the policy's directory, then load the current weights (a resumed or LoRA policy)."""
         from vllm import LLM
@@ -153,12 +170,19 @@ class VLLMEngine(RolloutEngine):
                 "each rank runs its own engine on its own device: set it to 1."
             )
         model = base_model(policy)
+        self._check_head_size(model.config)
         source = model.name_or_path
         if not Path(source).is_dir():  # built in memory or named by hub id: the engine starts from a saved copy
             self._saved_policy = tempfile.TemporaryDirectory(prefix="epo-vllm-")
             save_policy(policy, tokenizer, Path(self._saved_policy.name))
             source = self._saved_policy.name
         dtype = self.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
+        options = dict(self.engine_kwargs)
+        if not torch.cuda.is_available():
+            # vLLM rewinds a seeded request's generator when it discards a token sampled for a prompt whose prefill was
+            # split over steps, which a CPU generator cannot do ("CPU Generator does not use offset"): prompts are not
+            # split on CPU.
+            options.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(
             model=source,
             dtype=dtype,
@@ -170,6 +194,6 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=self.enforce_eager,
             tensor_parallel_size=self.tensor_parallel_size,
             enable_prefix_caching=self.enable_prefix_caching,
-            **self.engine_kwargs,
+            **options,
         )
         self.load_weights(policy)

