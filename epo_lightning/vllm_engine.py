@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class VLLMEngine(RolloutEngine):
             own device, so this must be 1 there.
         enable_prefix_caching: reuse the keys and values of shared prompt prefixes (a GRPO group shares its task,
             and a turn's prompt repeats the history).
-        kv_cache_gb: on CPU, the memory of the KV cache in GB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``); None keeps
+        kv_cache_gb: on CPU, the memory of the KV cache in whole GB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``); None keeps
             vLLM's default or the environment's value.
         engine_kwargs: any other ``vllm.LLM`` argument.
     """
@@ -64,7 +65,7 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
-        kv_cache_gb: float | None = None,
+        kv_cache_gb: int | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if importlib.util.find_spec("vllm") is None:
@@ -136,7 +137,10 @@ class VLLMEngine(RolloutEngine):
         """Copy the policy's weights into the running engine (LoRA merged) and drop its prefix cache."""
         if self.llm is None:  # built from the current weights on the first rollout
             return
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(policy)})
+        # An engine first built during validation (inference mode) holds inference tensors, which only an
+        # inference-mode copy may write.
+        with torch.inference_mode():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(policy)})
         self.llm.reset_prefix_cache()
 
     @staticmethod
@@ -183,6 +187,7 @@ class VLLMEngine(RolloutEngine):
             # split over steps, which a CPU generator cannot do ("CPU Generator does not use offset"): prompts are not
             # split on CPU.
             options.setdefault("enable_chunked_prefill", False)
+        single_process = not torch.distributed.is_initialized()
         self.llm = LLM(
             model=source,
             dtype=dtype,
@@ -196,4 +201,6 @@ class VLLMEngine(RolloutEngine):
             enable_prefix_caching=self.enable_prefix_caching,
             **options,
         )
+        if single_process:  # vLLM made a one-process group, which Lightning then takes for a multi-process run
+            warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
         self.load_weights(policy)

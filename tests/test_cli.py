@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.cli import cli_main
+from epo_lightning.errors import ConfigurationError
 from epo_lightning.module import EPOModule
 
 ROOT = Path(__file__).parents[1]
@@ -103,3 +105,15 @@ def test_fit_runs_end_to_end_and_validates_before_the_first_update(tmp_path, cac
     assert cli.trainer.state.finished
     metrics = cli.trainer.callback_metrics
     assert "val/success_rate" in metrics and "loss/total" in metrics
+
+
+def test_the_rollout_engine_is_hugging_face_generate_unless_the_yaml_names_another() -> None:
+    from epo_lightning.rollout_engine import HFEngine
+
+    assert type(cli_main(FAST, run=False).model.rollout_engine) is HFEngine
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_naming_vllm_without_it_installed_fails_at_parse_time_with_the_install_command() -> None:
+    with pytest.raises(ConfigurationError, match="pip install vllm"):
+        cli_main([*FAST, "--model.init_args.rollout_engine", "epo_lightning.vllm_engine.VLLMEngine"], run=False)

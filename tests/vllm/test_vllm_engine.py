@@ -168,7 +168,8 @@ def test_after_an_update_and_a_sync_the_engine_samples_the_updated_model(tiny):
     model, tokenizer = load_policy(tiny[0].name_or_path)  # a copy of its own: the test changes its weights
     engine = VLLMEngine(**ENGINE)
     prompts = _prompts(tokenizer, 6, 200)  # longer than a CPU cache block (128 tokens): the prefix cache is used
-    engine.generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
+    with torch.inference_mode():  # as when a fit validates first: the engine's weights become inference tensors
+        engine.generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
     with torch.no_grad():
         for param in model.parameters():  # the tied embedding and head change together
             param.add_(torch.randn_like(param) * 0.05)
@@ -228,3 +229,20 @@ def test_a_grpo_epo_fit_samples_with_vllm(cache_dir, tmp_path):
     assert metrics["rollout/logprob_gap_max"] < GAP and metrics["rollout/env_errors"] == 0
     # step 1 sampled from the weights step 0 trained: the PPO ratio starts at 1 again
     assert len(module.first) == 2 and max(module.first) < GAP
+
+
+def test_the_engine_and_its_options_are_chosen_in_yaml(monkeypatch):
+    import sys
+
+    from epo_lightning.cli import cli_main
+
+    monkeypatch.setattr(sys, "argv", ["epo"])
+    engine = "--model.init_args.rollout_engine"
+    cli = cli_main(
+        ["--config", "configs/quickstart.yaml", engine, "epo_lightning.vllm_engine.VLLMEngine",
+         f"{engine}.init_args.kv_cache_gb", "1", f"{engine}.init_args.enforce_eager", "true",
+         "--model.init_args.rollout_is_cap", "2.0"],
+        run=False,
+    )  # fmt: skip
+    assert isinstance(cli.model.rollout_engine, VLLMEngine) and cli.model.hparams.rollout_is_cap == 2.0
+    assert (cli.model.rollout_engine.kv_cache_gb, cli.model.rollout_engine.enforce_eager) == (1, True)
