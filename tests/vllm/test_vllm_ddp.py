@@ -1,4 +1,4 @@
-"""VLLMEngine under two-rank DDP (gloo, ``torchrun``): each rank samples with its own engine, synced every step."""
+"""VLLMEngine on two gloo ranks (``torchrun``), DDP and FSDP2: each rank samples with its own engine, synced."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 
-def test_each_rank_samples_the_trained_weights_with_its_own_engine(tmp_path):
-    records = torchrun(tmp_path / "out", tmp_path / "cache", "--steps", "2", "--engine", "vllm")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_each_rank_samples_the_trained_weights_with_its_own_engine(tmp_path, strategy):
+    args = ("--steps", "2", "--engine", "vllm", "--strategy", strategy)
+    records = torchrun(tmp_path / "out", tmp_path / "cache", *args)
     for record in records:
         metrics = record["metrics"]
         # step 1's rollout came after step 0's updates: the engines were given the new weights
@@ -20,7 +22,7 @@ def test_each_rank_samples_the_trained_weights_with_its_own_engine(tmp_path):
         assert [counts["rows"] for counts in record["counts"]] and all(c["env_errors"] == 0 for c in record["counts"])
     first, second = records
     assert first["counts"][0]["episodes"] == 16 and second["counts"][0]["episodes"] == 2  # the uneven split
-    for step in range(2):  # DDP kept the ranks' policies identical, and they trained
+    for step in range(2):  # the ranks' (full) policies stayed identical, and they trained
         for name, value in first["params"][step].items():
             assert torch.equal(value, second["params"][step][name]), name
     changed = [not torch.equal(first["initial"][n], v) for n, v in first["params"][-1].items()]
