@@ -73,6 +73,9 @@ class RolloutDataModule(pl.LightningDataModule):
         mini_batch_size: turn rows per optimizer update, summed over ranks (the paper's "mini-batch"; it sets the
             number of updates per RL step). None gives ``micro_batch_size x world size``: one micro-batch per rank
             per update.
+        group_by_length: the micro-batches of one update hold rows of similar length (the update's rows sorted by
+            length before they are split), so far fewer padding positions are scored and trained. The update is
+            the same: its loss is the sum over its micro-batches with weights set over the whole update.
         reward_scale: multiplier of the environment's success reward (1 as in the paper, 10 as in the released code).
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
         val_tasks: tasks per validation split, one episode each, shared out over the ranks (each played once).
@@ -101,6 +104,7 @@ class RolloutDataModule(pl.LightningDataModule):
         history_length: int = 2,
         micro_batch_size: int = 64,
         mini_batch_size: int | None = None,
+        group_by_length: bool = True,
         reward_scale: float = 1.0,
         invalid_action_penalty: float = 0.1,
         val_tasks: int = 32,
@@ -144,6 +148,7 @@ class RolloutDataModule(pl.LightningDataModule):
         )
         self.micro_batch_size = micro_batch_size
         self.mini_batch_size = mini_batch_size
+        self.group_by_length = group_by_length
         self.reward_scale = reward_scale
         self.invalid_action_penalty = invalid_action_penalty
         self.val_tasks = val_tasks
@@ -263,19 +268,23 @@ class RolloutDataModule(pl.LightningDataModule):
                 f"rank's last: {len(result.episodes)} episodes, {errors} environment errors). Check the environment "
                 "(data.env, data.env_kwargs) and data.env_timeout, or raise data.max_empty_steps."
             )
+        minis = split_balanced(rows, plan.num_updates)
+        if self.group_by_length:
+            minis = [sorted(mini, key=lambda row: row.num_tokens) for mini in minis]
         updates = [
             [collate_rows(chunk or [filler_row(pad_id, k)], pad_id) for k, chunk in enumerate(micro)]
-            for micro in (split_balanced(mini, plan.micro_batches) for mini in split_balanced(rows, plan.num_updates))
+            for micro in (split_balanced(mini, plan.micro_batches) for mini in minis)
         ]
         with torch.no_grad():
             updates = [[policy.score(batch) for batch in micro_batches] for micro_batches in updates]
             # over the whole step: group baselines and whitening span every batch (and, for GAE, every rank)
             policy.assign_advantages([batch for micro_batches in updates for batch in micro_batches])
             policy.assign_loss_weights(updates)
-        self.rollout_stats = rollout_counts(result, len(rows), self._pool.restarts - restarts)
+        batches = [batch for micro_batches in updates for batch in micro_batches]
+        self.rollout_stats = rollout_counts(result, len(rows), self._pool.restarts - restarts, batches)
         self.transcripts = [render_transcript(e) for e in result.episodes[: self.num_transcripts]]
         self.rollout_step = step + 1
-        return Batches([batch for micro_batches in updates for batch in micro_batches])
+        return Batches(batches)
 
     def _plan(self, num_rows: int, policy: Any) -> tuple[UpdatePlan, int]:
         """The update plan of this step and the rows of all ranks (every rank's count is exchanged once)."""
@@ -329,8 +338,12 @@ def hash_seed(*parts: Any) -> int:
     return random.Random(":".join(map(str, parts))).randrange(2**31)
 
 
-def rollout_counts(result: RolloutResult, num_rows: int, env_restarts: int) -> dict[str, float]:
+def rollout_counts(
+    result: RolloutResult, num_rows: int, env_restarts: int, batches: Sequence[TurnBatch]
+) -> dict[str, float]:
     """This rank's raw counts of one collection (``epo_lightning.rollout_metrics.ROLLOUT_COUNTS``).
+
+    ``batches`` are the micro-batches trained on: their positions and how many of them are padding.
 
     The ``rollout/*`` rates are formed from them after summing over ranks, so every episode of the run weighs the same.
     """
@@ -348,6 +361,8 @@ def rollout_counts(result: RolloutResult, num_rows: int, env_restarts: int) -> d
         "rows": float(num_rows),
         "generated_tokens": float(result.generated_tokens),
         "seconds": result.seconds,
+        "positions": float(sum(batch.attention_mask.numel() for batch in batches)),
+        "padded_positions": float(sum((batch.attention_mask == 0).sum() for batch in batches)),
     }
 
 

@@ -36,6 +36,11 @@ class TurnRow:
     anchor_id: int
     rollout_logprobs: list[float] | None = None
 
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus response tokens: the row's length in a micro-batch."""
+        return len(self.prompt_ids) + len(self.response_ids)
+
 
 def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_penalty: float) -> list[TurnRow]:
     """Every turn of every error-free episode becomes a row scored with its episode's return.

@@ -28,6 +28,8 @@ ROLLOUT_COUNTS = (
     "rows",
     "generated_tokens",
     "seconds",
+    "positions",
+    "padded_positions",
 )
 
 #: rate metric -> (numerator count, denominator count)
@@ -37,6 +39,7 @@ _RATES = {
     "rollout/episode_len": ("turns", "episodes"),
     "rollout/truncated_frac": ("truncated", "episodes"),
     "rollout/valid_action_ratio": ("valid_turns", "turns"),
+    "train/padding_frac": ("padded_positions", "positions"),
 }
 #: summed metric -> count
 _SUMS = {"rollout/env_errors": "env_errors", "rollout/env_restarts": "env_restarts", "rollout/turn_samples": "rows"}

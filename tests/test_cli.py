@@ -117,3 +117,16 @@ def test_the_rollout_engine_is_hugging_face_generate_unless_the_yaml_names_anoth
 def test_naming_vllm_without_it_installed_fails_at_parse_time_with_the_install_command() -> None:
     with pytest.raises(ConfigurationError, match="pip install vllm"):
         cli_main([*FAST, "--model.init_args.rollout_engine", "epo_lightning.vllm_engine.VLLMEngine"], run=False)
+
+
+def test_torch_threads_is_a_cli_setting_applied_before_anything_is_built() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        cli_main([*FAST, "--torch_threads", "1"], run=False)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigurationError, match="torch_threads must be >= 1"):
+            cli_main([*FAST, "--torch_threads", "0"], run=False)
+    finally:
+        torch.set_num_threads(before)

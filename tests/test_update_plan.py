@@ -22,3 +22,32 @@ def test_split_is_balanced_in_order_and_pads_with_empty_chunks():
     assert split_balanced([], 2) == [[], []]
     chunks = split_balanced(list(range(30)), 4)
     assert [len(c) for c in chunks] == [8, 8, 7, 7] and sum(chunks, []) == list(range(30))
+
+
+def _one_step(tmp_path, cache_dir, group_by_length):
+    from lightning.pytorch import seed_everything
+
+    from datamodules.rollout_datamodule import RolloutDataModule
+    from epo_lightning.module import EPOModule
+    from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+    seed_everything(0)
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
+    data = RolloutDataModule(
+        **{**EASY_DATA, "micro_batch_size": 8, "mini_batch_size": 32}, group_by_length=group_by_length
+    )
+    trainer = make_trainer(tmp_path / str(group_by_length), max_epochs=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    params = {name: p.detach().clone() for name, p in module.model.named_parameters()}
+    return params, float(trainer.callback_metrics["train/padding_frac"]), trainer.global_step
+
+
+def test_grouping_by_length_cuts_padding_and_leaves_every_update_the_same(tmp_path, cache_dir, tiny_policy_dir):
+    import torch
+
+    grouped, grouped_padding, grouped_updates = _one_step(tmp_path, cache_dir, group_by_length=True)
+    plain, plain_padding, plain_updates = _one_step(tmp_path, cache_dir, group_by_length=False)
+    assert grouped_updates == plain_updates > 1
+    assert grouped_padding < plain_padding / 2
+    for name, value in plain.items():  # the same rows per update, each weighted over its whole update
+        assert torch.allclose(grouped[name], value, atol=1e-5), name
