@@ -21,6 +21,7 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
@@ -76,7 +77,9 @@ def main() -> None:
     budget = model_args.get("max_new_tokens", 8)
     builder, max_turns = data.prompt_builder, data.max_turns
     groups, size = data.tasks_per_step, data.group_size
-    builder.render, builder.encode = timed("prompt rendering", builder.render), timed("tokenization", builder.encode)
+    builder = SimpleNamespace(  # what collect_episodes calls of a PromptBuilder, timed
+        render=timed("prompt rendering", builder.render), encode=timed("tokenization", builder.encode)
+    )
     rollout.parse_action = timed("parsing", rollout.parse_action)
 
     def framework(seed: int) -> tuple[float, int, list]:
@@ -120,7 +123,7 @@ def main() -> None:
     print(f"command: python benchmarks/collection.py --repeats {args.repeats} --naive-episodes {args.naive_episodes}")
     print(f"machine: {describe()}")
     print(f"quickstart setting: {groups} x {size} episodes, <= {max_turns} turns, <= {budget} new tokens per turn\n")
-    print("| collection | ms per episode, median (range) | framework speed vs this |\n|---|---|---|")
+    print("| collection | ms per episode, median (range) | time / framework's |\n|---|---|---|")
     base = statistics.median(per_episode["framework"])
     for name, values in per_episode.items():
         median = statistics.median(values)

@@ -1,5 +1,5 @@
-"""Peak memory of the loss head: log-probs and entropy at the response positions, forward and backward, chunked over
-positions (``epo_lightning.logprobs``) versus a naive full-vocabulary ``log_softmax``.
+"""Peak memory of the loss head: log-probs and entropy at the response positions, forward and backward, in chunks of
+positions with a written-out gradient (``logprobs.head_logprobs_and_entropy``) versus a naive full ``log_softmax``.
 
 python benchmarks/loss_head_memory.py [--positions 2048] [--chunk 1024]
 
@@ -7,7 +7,8 @@ Only the head is measured: hidden states ``[positions, H]`` (with grad) and an o
 ``logprobs - 0.01 * entropy`` summed and back-propagated, as the loss does. Each variant runs in a fresh process;
 its peak is the high-water mark of resident memory minus the resident memory just before the computation (inputs,
 weights and their gradient buffers already allocated). The floor of a chunked computation is the float32 logits and
-probabilities of one chunk, ``2 x chunk x V x 4`` bytes.
+probabilities of one chunk plus the chunk's weight gradient before it is added to ``.grad``: ``(2 x chunk x V + V x H)
+x 4`` bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def resident_bytes() -> int:
 def child(variant: str, hidden_size: int, vocab: int, positions: int, chunk: int) -> dict[str, float]:
     import torch
 
-    from epo_lightning.logprobs import _chunk_logprob_entropy
+    from epo_lightning.logprobs import head_logprobs_and_entropy
 
     torch.manual_seed(0)
     head = torch.nn.Linear(hidden_size, vocab, bias=False)
@@ -47,14 +48,7 @@ def child(variant: str, hidden_size: int, vocab: int, positions: int, chunk: int
         logprobs = logp.gather(-1, targets[:, None])[:, 0]
         entropy = -(logp.exp() * logp).sum(-1)
     else:
-        from torch.utils.checkpoint import checkpoint
-
-        pieces = []
-        for start in range(0, positions, chunk):
-            rows = slice(start, start + chunk)
-            chunk_args = (hidden[rows], targets[rows], head, 1.0)
-            pieces.append(checkpoint(_chunk_logprob_entropy, *chunk_args, use_reentrant=False))
-        logprobs, entropy = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+        logprobs, entropy = head_logprobs_and_entropy(hidden, targets, head, 1.0, chunk)
     (logprobs - 0.01 * entropy).sum().backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"extra_GB": (peak - before) / 1e9}
@@ -81,7 +75,7 @@ def main() -> None:
             command += ["--positions", str(args.positions), "--chunk", str(args.chunk)]
             out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
             extra[variant] = json.loads(out.stdout.strip().splitlines()[-1])["extra_GB"]
-        floor = 2 * min(args.chunk, args.positions) * vocab * 4 / 1e9  # one chunk's float32 logits and probabilities
+        floor = (2 * min(args.chunk, args.positions) * vocab + vocab * hidden_size) * 4 / 1e9
         print(
             f"| {name} | {extra['chunked']:.2f} | {floor:.2f} | {extra['chunked'] / floor:.2f}x | "
             f"{extra['naive']:.2f} | {extra['naive'] / extra['chunked']:.1f}x |"

@@ -3,8 +3,10 @@
 The entropy is the H_{j,t,i} of paper Eq. 2: ``-sum_v p(v | w_<i) log p(v | w_<i)`` over the
 whole vocabulary, of the same temperature-scaled distribution the rollout sampled from (verl divides the logits by
 the rollout temperature before ``entropy_from_logits``). Only the positions that predict response tokens are
-projected onto the vocabulary, ``chunk_size`` rows at a time, and under autograd each chunk is checkpointed: a
-150k vocabulary never materializes a float32 ``[B, T, V]`` tensor, in the forward or in the saved activations.
+projected onto the vocabulary, ``chunk_size`` rows at a time, and the backward recomputes each chunk's logits (for a
+plain linear head with its gradient written out, in two ``[chunk_size, V]`` buffers): a 150k vocabulary never
+materializes a float32 ``[B, T, V]`` tensor, in the forward or in the saved activations
+(docs/results/loss_head_memory.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,49 @@ def _chunk_logprob_entropy(
     return logprobs, entropy
 
 
+class _LinearLogprobEntropy(torch.autograd.Function):
+    """``_chunk_logprob_entropy`` for a bias-free linear head, with its gradient written out (two ``[N, V]`` buffers).
+
+    Autograd through the chunk (even recomputed under checkpointing) keeps the logits, the softmax, the log-sum-exp
+    input and a gradient for each of its three uses, about six ``[N, V]`` float32 tensors at once. Here the backward
+    recomputes the logits ``z`` and forms ``dL/dz`` in two buffers: with ``p = softmax(z)``, ``log p = z - lse`` and
+    ``H = -sum p log p``,
+
+        d log p_t / dz = onehot(t) - p,        dH / dz = -p * (log p + H),
+
+    then ``dL/dh = dL/dz @ W / T`` and ``dL/dW = (dL/dz)^T h / T``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, targets: Tensor, weight: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+        logits = _logits(hidden, weight, temperature)
+        lse = torch.logsumexp(logits, dim=-1)
+        logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        entropy = lse - torch.bmm(torch.softmax(logits, dim=-1).unsqueeze(1), logits.unsqueeze(2)).reshape(-1)
+        ctx.save_for_backward(hidden, targets, weight, lse, entropy)
+        ctx.temperature = temperature
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+        hidden, targets, weight, lse, entropy = ctx.saved_tensors
+        log_p = _logits(hidden, weight, ctx.temperature).sub_(lse.unsqueeze(-1))  # buffer 1: log p
+        p = log_p.exp()  # buffer 2
+        grad = log_p.add_(entropy.unsqueeze(-1)).mul_(p).mul_(-grad_entropy.unsqueeze(-1))  # dH part, in buffer 1
+        grad.sub_(p.mul_(grad_logprobs.unsqueeze(-1)))  # - g_lp * p
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logprobs.unsqueeze(-1))  # + g_lp * onehot(t)
+        del p
+        grad = (grad / ctx.temperature).to(weight.dtype)
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.transpose(0, 1) @ hidden if ctx.needs_input_grad[2] else None
+        return grad_hidden, None, grad_weight, None
+
+
+def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    logits = (hidden @ weight.transpose(0, 1)).float()
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
 def response_logprobs_and_entropy(
     model: nn.Module,
     input_ids: Tensor,
@@ -42,10 +87,9 @@ def response_logprobs_and_entropy(
     attention mask (``cumsum(attention_mask) - 1``, 0 on padding), exactly as ``generate`` builds them, so left-
     (and right-) padded rows are scored as they were sampled. Then only the hidden states at ``t - 1`` of the
     response positions ``t`` go through the output embedding (``model.get_output_embeddings()``), in chunks of
-    ``chunk_size`` rows, cast to float32. When grad is enabled, each chunk is wrapped in
-    ``torch.utils.checkpoint`` (``use_reentrant=False``), so its ``[chunk_size, V]`` logits are recomputed in the
-    backward instead of stored. Assumes the model's logits are plain ``lm_head(hidden)`` (no soft-capping or
-    logit scaling, as in Llama, Qwen2 and SmolLM).
+    ``chunk_size`` rows, cast to float32; the backward recomputes each chunk's ``[chunk_size, V]`` logits instead of
+    storing them (``head_logprobs_and_entropy``). Assumes the model's logits are plain ``lm_head(hidden)`` (no
+    soft-capping or logit scaling, as in Llama, Qwen2 and SmolLM).
 
     Args:
         model: a Hugging Face causal LM (e.g. ``LlamaForCausalLM``), possibly PEFT-wrapped.
@@ -73,22 +117,38 @@ def response_logprobs_and_entropy(
     predicting = hidden[rows, cols - 1]
     targets = input_ids[rows, cols]
     head = model.get_output_embeddings()
-    pieces = []
-    for start in range(0, targets.numel(), chunk_size):
-        args = (predicting[start : start + chunk_size], targets[start : start + chunk_size], head, temperature)
-        if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logprob_entropy, *args, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprob_entropy(*args))
     shape = input_ids.shape
     logprobs = torch.zeros(shape, dtype=torch.float32, device=input_ids.device)
     entropy = torch.zeros(shape, dtype=torch.float32, device=input_ids.device)
-    if pieces:
-        logprobs = logprobs.index_put((rows, cols), torch.cat([p[0] for p in pieces]))
-        entropy = entropy.index_put((rows, cols), torch.cat([p[1] for p in pieces]))
+    if targets.numel():
+        scored, spread = head_logprobs_and_entropy(predicting, targets, head, temperature, chunk_size)
+        logprobs = logprobs.index_put((rows, cols), scored)
+        entropy = entropy.index_put((rows, cols), spread)
     elif torch.is_grad_enabled():
         logprobs = keep_in_graph(logprobs, head, hidden)
     return logprobs, entropy
+
+
+def head_logprobs_and_entropy(
+    hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of ``targets`` ``[N]`` and entropies ``[N]`` of hidden states ``[N, H]``, ``chunk_size`` at a time.
+
+    A bias-free ``nn.Linear`` head (Llama, Qwen2, SmolLM, GPT-2) takes ``_LinearLogprobEntropy``, whose backward
+    holds two ``[chunk_size, V]`` buffers; any other head goes through autograd, each chunk checkpointed when grad is
+    enabled.
+    """
+    plain_linear = isinstance(head, nn.Linear) and head.bias is None and type(head.weight) is nn.Parameter
+    pieces = []
+    for start in range(0, targets.numel(), chunk_size):
+        args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])
+        if plain_linear:
+            pieces.append(_LinearLogprobEntropy.apply(*args, head.weight, temperature))
+        elif torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logprob_entropy, *args, head, temperature, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprob_entropy(*args, head, temperature))
+    return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
 
 def keep_in_graph(output: Tensor, head: nn.Module, hidden: Tensor) -> Tensor:

@@ -148,7 +148,16 @@ def test_matches_generate_scores(any_model, batch):
     torch.testing.assert_close(logp[:, 5:], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_match_naive_with_checkpointed_chunks(model, batch, monkeypatch):
+@pytest.mark.parametrize("head", ["linear", "biased"])
+def test_gradients_match_naive_by_written_out_gradient_or_checkpointed_chunks(model, batch, monkeypatch, head):
+    """A bias-free linear head takes the written-out gradient; any other head autograd through checkpointed chunks."""
+    if head == "biased":
+        model = copy.deepcopy(model)
+        biased = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+        with torch.no_grad():
+            biased.weight.copy_(model.lm_head.weight)
+            biased.bias.normal_()
+        model.lm_head = biased
     calls = []
 
     def counting_checkpoint(*args, **kwargs):
@@ -167,7 +176,8 @@ def test_gradients_match_naive_with_checkpointed_chunks(model, batch, monkeypatc
         logp, entropy = compute()
         ((logp * w_logp).sum() + (entropy * w_entropy).sum()).backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
-    assert len(calls) == math.ceil(11 / 3) and all(call == {"use_reentrant": False} for call in calls)  # 11 tokens
+    expected_calls = math.ceil(11 / 3) if head == "biased" else 0  # 11 response tokens, chunks of 3
+    assert len(calls) == expected_calls and all(call == {"use_reentrant": False} for call in calls)
     for name, grad in grads[0].items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
