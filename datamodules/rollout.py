@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +50,37 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class TurnProgress:
+    """Where a collection stands after a turn.
+
+    Attributes:
+        turn: turns played (1 after the first).
+        max_turns: the turn limit.
+        active: episodes still running.
+        episodes: episodes of the collection.
+        generated_tokens: response tokens generated so far.
+        seconds: time since the collection started.
+        env_errors: episodes ended by an environment failure so far.
+    """
+
+    turn: int
+    max_turns: int
+    active: int
+    episodes: int
+    generated_tokens: int
+    seconds: float
+    env_errors: int
+
+    def describe(self, label: str) -> str:
+        """The progress line."""
+        rate = self.generated_tokens / max(self.seconds, 1e-9)
+        return (
+            f"{label}: turn {self.turn}/{self.max_turns} · {self.active}/{self.episodes} active · {rate:,.0f} tok/s"
+            f" · {self.env_errors} env errors"
+        )
+
+
+@dataclass(frozen=True)
 class RolloutResult:
     """Episodes of one collection and how long generation and stepping took."""
 
@@ -66,6 +97,7 @@ def collect_episodes(
     max_turns: int,
     evaluation: bool = False,
     require_think: bool = False,
+    progress: Callable[[TurnProgress], None] | None = None,
 ) -> RolloutResult:
     """Play ``tasks[i]`` in environment slot ``i`` until every episode ends or ``max_turns`` turns are taken.
 
@@ -77,6 +109,7 @@ def collect_episodes(
         max_turns: turn limit; episodes still running are truncated.
         evaluation: sample at the evaluation temperature.
         require_think: a response without ``<think>...</think>`` is invalid.
+        progress: called after every turn with where the collection stands (``datamodules.rollout_progress``).
     """
     pool = envs if isinstance(envs, EnvPool) else EnvPool.from_envs(envs)
     if len(tasks) > pool.size:
@@ -124,6 +157,11 @@ def collect_episodes(
         results = pool.step([(i, episodes[i].turns[-1].action) for i in to_step])
         for i, result in zip(to_step, results, strict=True):
             _record_step(episodes[i], states[i], result)
+        if progress is not None:
+            running = sum(not state["done"] for state in states)
+            errors = sum(episode.env_error for episode in episodes)
+            seconds = time.perf_counter() - start
+            progress(TurnProgress(turn_index + 1, max_turns, running, len(episodes), generated, seconds, errors))
     for i, state in enumerate(states):
         if not state["done"]:
             episodes[i].truncated = True

@@ -31,6 +31,7 @@ from datamodules.env_pool import EnvPool
 from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
+from datamodules.rollout_progress import rollout_progress
 from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
 from epo_lightning.types import Episode, TurnBatch
@@ -324,10 +325,22 @@ class RolloutDataModule(pl.LightningDataModule):
         was_training = policy.training
         policy.eval()
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            label = "evaluation" if evaluation else f"rollout {self.trainer.current_epoch}"
+            with (
+                torch.random.fork_rng(devices=[]),
+                torch.no_grad(),
+                rollout_progress(self.trainer, label, self.max_turns) as progress,
+            ):
                 torch.manual_seed(torch_seed)
                 return collect_episodes(
-                    policy, self._pool, tasks, self.prompt_builder, self.max_turns, evaluation, self.require_think
+                    policy,
+                    self._pool,
+                    tasks,
+                    self.prompt_builder,
+                    self.max_turns,
+                    evaluation,
+                    self.require_think,
+                    progress,
                 )
         finally:
             policy.train(was_training)

@@ -63,6 +63,8 @@ def _full(tensor: Tensor) -> Tensor:
 
 AdvantageEstimator = Literal["grpo", "grpo_mean", "rloo", "gigpo", "gae"]
 VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
+#: Shown on the epoch's progress bar (with the validation success rates): how the last RL step went.
+PROGRESS_BAR_METRICS = ("rollout/success_rate", "entropy/token_mean")
 #: The per-row facts ``row_advantages`` takes, in its argument order.
 _ROW_FIELDS = ("scores", "group_index", "traj_index", "turn_index", "anchor_index", "step_rewards")
 
@@ -782,7 +784,9 @@ class EPOModule(pl.LightningModule):
         values.update(self._controls)  # what this step trained with (callbacks have already set the next step's)
         values["entropy/token_mean"] = float(self.train_entropy.compute())
         # The values are already the same on every rank; sync_dist's mean of identical values changes none of them.
+        shown = {key: values.pop(key) for key in PROGRESS_BAR_METRICS if key in values}
         self.log_dict(values, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+        self.log_dict(shown, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, prog_bar=True)
 
     # ------------------------------------------------------------------ evaluation
     @override
@@ -802,7 +806,7 @@ class EPOModule(pl.LightningModule):
         turns = batch["episode_len"]
         self.val_valid_actions[split].update(batch["valid_turns"] / turns.clamp_min(1.0), weight=turns)
         prefix = prefix_map[split]
-        self.log(f"{prefix}/success_rate", self.val_success[split], on_step=False, on_epoch=True)
+        self.log(f"{prefix}/success_rate", self.val_success[split], on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{prefix}/episode_len", self.val_episode_len[split], on_step=False, on_epoch=True)
         self.log(f"{prefix}/valid_action_ratio", self.val_valid_actions[split], on_step=False, on_epoch=True)
 

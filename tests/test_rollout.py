@@ -97,3 +97,40 @@ def test_a_crashing_environment_drops_its_episode_and_the_rest_go_on(tiny_policy
     assert [e.env_error for e in result.episodes] == [False, True]
     rows = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
     assert {row.traj_id for row in rows} == {0}
+
+
+def test_progress_is_reported_after_every_turn(tiny_policy_dir):
+    model, tokenizer = load_policy(tiny_policy_dir)
+    policy = GarbagePolicy(tokenizer)  # every turn invalid: every episode runs to the limit
+    seen = []
+    envs = [EmbeddedTextEnv(difficulty="easy") for _ in range(3)]
+    result = collect_episodes(policy, envs, _tasks(3), PromptBuilder(), max_turns=4, progress=seen.append)
+    assert [p.turn for p in seen] == [1, 2, 3, 4] and {p.max_turns for p in seen} == {4}
+    assert [p.active for p in seen] == [3, 3, 3, 3] and all(p.episodes == 3 for p in seen)
+    assert seen[-1].generated_tokens == result.generated_tokens == 3 * 4 * 7 and seen[-1].env_errors == 0
+    assert seen[-1].describe("rollout 0").startswith("rollout 0: turn 4/4 · 3/3 active · ")
+
+
+def test_a_fit_shows_rollout_and_evaluation_progress_on_the_progress_bar(cache_dir, tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+    from rich.progress import Progress
+
+    from datamodules.rollout_datamodule import RolloutDataModule
+    from epo_lightning.module import EPOModule
+    from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+    shown = []
+    update = Progress.update
+
+    def recording(self, task, **fields):  # every Rich display's updates: ours and Lightning's own bar
+        shown.append(fields.get("description"))
+        return update(self, task, **fields)
+
+    monkeypatch.setattr(Progress, "update", recording)
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
+    trainer = make_trainer(tmp_path, max_epochs=2, enable_progress_bar=True, callbacks=[RichProgressBar()])
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    lines = [line for line in shown if line]
+    for label in ("rollout 0", "rollout 1", "evaluation"):
+        assert any(line.startswith(f"{label}: turn 1/6 · ") for line in lines), label
+    assert "rollout/success_rate" in trainer.progress_bar_metrics
