@@ -9,14 +9,14 @@ when the collection ends. With the progress bar disabled (``enable_progress_bar:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
-from rich.errors import LiveError
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
 from datamodules.rollout import TurnProgress
+from epo_lightning.progress_display import transient_display
 
 
 @contextmanager
@@ -27,24 +27,19 @@ def rollout_progress(trainer: Any, label: str, max_turns: int) -> Iterator[Calla
         yield None
         return
     shown = bar.progress if isinstance(bar, RichProgressBar) and bar.progress is not None else None
-    own = shown is None
-    if own:
-        shown = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
-        try:
-            shown.start()
-        except LiveError:  # another live display is on: stay quiet rather than fight it
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with nullcontext(shown) if shown is not None else transient_display(*columns) as display:
+        if display is None:
             yield None
             return
-    task = shown.add_task(f"{label}: starting", total=max_turns)
+        task = display.add_task(f"{label}: starting", total=max_turns)
 
-    def report(progress: TurnProgress) -> None:
-        shown.update(task, completed=progress.turn, description=progress.describe(label))
-        if not own:
-            bar.refresh()
+        def report(progress: TurnProgress) -> None:
+            display.update(task, completed=progress.turn, description=progress.describe(label))
+            if shown is not None:
+                bar.refresh()
 
-    try:
-        yield report
-    finally:
-        shown.remove_task(task)
-        if own:
-            shown.stop()
+        try:
+            yield report
+        finally:
+            display.remove_task(task)

@@ -19,17 +19,20 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from datamodules.prompts import ACTION_CLOSE, ACTION_OPEN
 from epo_lightning.policy import build_once, save_policy
+from epo_lightning.progress_display import transient_display
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +147,35 @@ def train_format_prior(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=preset.prior_lr, total_steps=total_steps)
     model.train()
     epoch_loss = float("nan")
-    for _ in range(preset.prior_epochs):
-        rng.shuffle(rows)
-        losses = []
-        for start in range(0, len(rows), preset.prior_batch_size):
-            loss = _soft_target_loss(model, tokenizer.pad_token_id, rows[start : start + preset.prior_batch_size])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        epoch_loss = sum(losses) / max(1, len(losses))
-        log.info("format prior epoch loss %.4f", epoch_loss)
+    with prior_progress(total_steps) as advance:
+        for epoch in range(preset.prior_epochs):
+            rng.shuffle(rows)
+            losses = []
+            for start in range(0, len(rows), preset.prior_batch_size):
+                loss = _soft_target_loss(model, tokenizer.pad_token_id, rows[start : start + preset.prior_batch_size])
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+                advance(f"format prior: epoch {epoch + 1}/{preset.prior_epochs}, loss {loss.item():.3f}")
+            epoch_loss = sum(losses) / max(1, len(losses))
+            log.info("format prior epoch loss %.4f", epoch_loss)
     model.eval()
     return epoch_loss
+
+
+@contextmanager
+def prior_progress(total_steps: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar with the time left for the format prior (minutes on CPU), on the process that builds it."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with transient_display(*columns) as display:
+        if display is None:
+            yield lambda description: None
+            return
+        task = display.add_task("format prior", total=total_steps)
+        yield lambda description: display.update(task, advance=1, description=description)
 
 
 def _soft_target_loss(model: LlamaForCausalLM, pad_id: int, rows: list) -> torch.Tensor:

@@ -59,3 +59,26 @@ def test_format_prior_puts_probability_on_admissible_actions(cache_dir) -> None:
     with torch.no_grad():
         probs = model(prompt_with_tag).logits[0, -1].softmax(-1)
     assert probs[list(first_words)].sum() > 0.8
+
+
+def test_the_format_prior_reports_every_step_with_its_epoch_and_loss(monkeypatch):
+    from rich.progress import Progress
+
+    from epo_lightning.tiny_preset import TinyPreset, build_tiny_model, build_word_tokenizer, train_format_prior
+
+    shown = []
+    update = Progress.update
+
+    def recording(self, task, **fields):
+        shown.append(fields.get("description"))
+        return update(self, task, **fields)
+
+    monkeypatch.setattr(Progress, "update", recording)
+    tokenizer = build_word_tokenizer(["open", "box", "look"])
+    preset = TinyPreset(
+        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, prior_epochs=2, prior_batch_size=2
+    )
+    examples = [("goal : open box .", ["open box", "look"])] * 5
+    train_format_prior(build_tiny_model(preset, tokenizer), tokenizer, examples, preset)
+    assert len(shown) == 2 * 3  # 2 epochs x ceil(5 / 2) steps
+    assert shown[0].startswith("format prior: epoch 1/2, loss ") and shown[-1].startswith("format prior: epoch 2/2, ")

@@ -1,0 +1,27 @@
+"""A Rich progress display of its own, for work that runs outside the Trainer's progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.errors import LiveError
+from rich.progress import Progress, ProgressColumn
+
+
+@contextmanager
+def transient_display(*columns: str | ProgressColumn) -> Iterator[Progress | None]:
+    """A started ``Progress`` that vanishes when the block ends; None while another live display is on.
+
+    Rich allows one live display at a time; a second would raise, so the work goes on without a bar instead.
+    """
+    display = Progress(*columns, transient=True)
+    try:
+        display.start()
+    except LiveError:
+        yield None
+        return
+    try:
+        yield display
+    finally:
+        display.stop()
