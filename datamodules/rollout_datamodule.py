@@ -84,7 +84,8 @@ class RolloutDataModule(pl.LightningDataModule):
         system_prompt: the system message of chat-model prompts (the agent instruction by default); null sends only
             the user message, and the chat template adds its default system message, if any.
         chat_template_kwargs: extra variables for the tokenizer's chat template (e.g. ``{enable_thinking: false}``).
-        num_transcripts: episodes per RL step kept as text for TensorBoard.
+        num_transcripts: episodes per RL step (and per evaluation split) kept as text for the loggers
+            (``epo_lightning.transcripts``).
         num_workers: environment worker processes that step the environments concurrently (``EnvPool``); 0 steps
             them in the training process, the right choice for fast environments. A slow environment such as
             ScienceWorld (a ~670 MB JVM per environment) wants a few.
@@ -119,6 +120,7 @@ class RolloutDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # logged with the module's: the run's HParams hold the data settings too
         for name, value in (
             ("tasks_per_step", tasks_per_step),
             ("group_size", group_size),
@@ -163,6 +165,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_step = 0
         self.rollout_stats: dict[str, float] = {}
         self.transcripts: list[str] = []
+        self.eval_transcripts: dict[str, list[str]] = {}
         self._prepared: tuple[int, Batches[TurnBatch]] | None = None
         self._pool: EnvPool | None = None
 
@@ -311,6 +314,7 @@ class RolloutDataModule(pl.LightningDataModule):
             tasks = [TaskSpec(split, s, i) for i, s in enumerate(seeds)]
             result = self._play(policy, tasks, hash_seed(self.seed, split), evaluation=True)
             episodes = [e for e in result.episodes if not e.env_error]
+            self.eval_transcripts[split] = [render_transcript(e) for e in episodes[: self.num_transcripts]]
             items.append(
                 {
                     "split": split,
@@ -380,7 +384,7 @@ def rollout_counts(
 
 
 def render_transcript(episode: Episode) -> str:
-    """A readable transcript of one episode (markdown, for TensorBoard text)."""
+    """A readable transcript of one episode (Markdown)."""
     lines = [f"**task** {episode.task_id}: {episode.task}  ", f"**success** {episode.success}  "]
     for turn in episode.turns:
         mark = "" if turn.valid else " (invalid)"

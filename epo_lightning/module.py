@@ -24,7 +24,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
@@ -51,6 +50,7 @@ from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
+from epo_lightning.transcripts import log_transcripts
 from epo_lightning.turn_entropy import TurnEntropy
 from epo_lightning.types import Generation, TurnBatch
 from epo_lightning.update_weights import update_token_weights
@@ -63,6 +63,7 @@ def _full(tensor: Tensor) -> Tensor:
 
 AdvantageEstimator = Literal["grpo", "grpo_mean", "rloo", "gigpo", "gae"]
 VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
+TEST_PREFIX = {"val_iid": "test", "val_ood": "test_ood"}
 #: Shown on the epoch's progress bar (with the validation success rates): how the last RL step went.
 PROGRESS_BAR_METRICS = ("rollout/success_rate", "entropy/token_mean")
 #: The per-row facts ``row_advantages`` takes, in its argument order.
@@ -756,10 +757,7 @@ class EPOModule(pl.LightningModule):
         stats = getattr(datamodule, "rollout_stats", {})
         if stats:
             self.rollout_metrics.update(stats)
-        transcripts = getattr(datamodule, "transcripts", [])
-        if transcripts and isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            for i, text in enumerate(transcripts):
-                self.logger.experiment.add_text(f"transcripts/train_{i}", text, self.current_epoch)
+        log_transcripts(self.trainer, getattr(datamodule, "transcripts", []), "train", self.current_epoch)
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -794,8 +792,23 @@ class EPOModule(pl.LightningModule):
         self._log_eval(batch, prefix_map=VAL_PREFIX)
 
     @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_transcripts(VAL_PREFIX)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_transcripts(TEST_PREFIX)
+
+    def _log_eval_transcripts(self, prefix_map: dict[str, str]) -> None:
+        """Transcripts of the evaluation episodes, labelled with the RL steps trained so far (0: untrained)."""
+        steps_done = self.current_epoch + 1 if self.global_step > 0 else 0
+        transcripts = getattr(getattr(self.trainer, "datamodule", None), "eval_transcripts", {})
+        for split, texts in transcripts.items():
+            log_transcripts(self.trainer, texts, prefix_map[split], steps_done)
+
+    @override
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._log_eval(batch, prefix_map={"val_iid": "test", "val_ood": "test_ood"})
+        self._log_eval(batch, prefix_map=TEST_PREFIX)
 
     def _log_eval(self, batch: dict[str, Any], prefix_map: dict[str, str]) -> None:
         split = batch["split"]

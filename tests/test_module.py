@@ -108,3 +108,26 @@ def test_bad_arguments_fail_at_construction():
         RolloutDataModule(group_size=0)
     with pytest.raises(ValueError, match="unknown env"):
         RolloutDataModule(env="nethack")
+
+
+def test_transcripts_reach_tensorboard_and_a_file_for_loggers_without_text(cache_dir, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
+    loggers = [TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")]
+    trainer = make_trainer(tmp_path, max_epochs=1, logger=loggers)
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA, num_transcripts=2))
+    files = sorted(p.name for p in (tmp_path / "csv" / "version_0" / "transcripts").iterdir())
+    # training episodes of RL step 0; evaluation after 1 RL step
+    assert files == ["train_step0000.md", "val_ood_step0001.md", "val_step0001.md"]
+    text = (tmp_path / "csv" / "version_0" / "transcripts" / "val_step0001.md").read_text()
+    assert text.count("**task** val_iid:") == 2 and "---" in text
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert {"transcripts/train_0/text_summary", "transcripts/val_1/text_summary"} <= tags
+    logged = loggers[0].hparams  # the module's settings and the data's, in TensorBoard's HParams
+    assert (
+        logged["entropy_coef"] == 0.001 and logged["group_size"] == 4 and logged["env_kwargs"] == {"difficulty": "easy"}
+    )
