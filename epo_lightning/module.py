@@ -49,6 +49,7 @@ from epo_lightning.rollout_engine import HFEngine, RolloutEngine
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
+from epo_lightning.step_histograms import log_histograms, step_samples
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
 from epo_lightning.transcripts import log_transcripts
 from epo_lightning.turn_entropy import TurnEntropy
@@ -278,6 +279,7 @@ class EPOModule(pl.LightningModule):
         self.logprob_gap = MeanMetric()
         self.logprob_gap_max = MaxMetric()
         self._engine_stale = True  # the engine has not been given the current weights
+        self._step_samples: dict[str, Tensor] = {}  # this step's values for the histograms
         self.train_stats = torch.nn.ModuleDict({_key(name): metric for name, metric in self._train_metrics().items()})
         self.automatic_optimization = False  # see training_step
         self._updates_this_step = 0
@@ -497,10 +499,11 @@ class EPOModule(pl.LightningModule):
             return
         if self.hparams.advantage == "gae":
             self._assign_gae(batches)
-            return
-        advantages = self.row_advantages(*(torch.cat([getattr(b, name) for b in batches]) for name in _ROW_FIELDS))
-        for batch, chunk in zip(batches, advantages.split([len(b) for b in batches]), strict=True):
-            batch.advantages = chunk
+        else:
+            advantages = self.row_advantages(*(torch.cat([getattr(b, name) for b in batches]) for name in _ROW_FIELDS))
+            for batch, chunk in zip(batches, advantages.split([len(b) for b in batches]), strict=True):
+                batch.advantages = chunk
+        self._step_samples = step_samples(batches)
 
     @torch.no_grad()
     def assign_loss_weights(self, updates: Sequence[Sequence[TurnBatch]]) -> None:
@@ -758,6 +761,7 @@ class EPOModule(pl.LightningModule):
         if stats:
             self.rollout_metrics.update(stats)
         log_transcripts(self.trainer, getattr(datamodule, "transcripts", []), "train", self.current_epoch)
+        log_histograms(self.trainer, self._step_samples, self.current_epoch)
 
     @override
     def on_train_epoch_end(self) -> None:

@@ -110,7 +110,7 @@ def test_bad_arguments_fail_at_construction():
         RolloutDataModule(env="nethack")
 
 
-def test_transcripts_reach_tensorboard_and_a_file_for_loggers_without_text(cache_dir, tmp_path):
+def test_transcripts_histograms_and_hparams_reach_the_loggers(cache_dir, tmp_path):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -123,10 +123,14 @@ def test_transcripts_reach_tensorboard_and_a_file_for_loggers_without_text(cache
     assert files == ["train_step0000.md", "val_ood_step0001.md", "val_step0001.md"]
     text = (tmp_path / "csv" / "version_0" / "transcripts" / "val_step0001.md").read_text()
     assert text.count("**task** val_iid:") == 2 and "---" in text
-    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0})
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0, "histograms": 0})
     events.Reload()
     tags = set(events.Tags()["tensors"])
     assert {"transcripts/train_0/text_summary", "transcripts/val_1/text_summary"} <= tags
+    histograms = set(events.Tags()["histograms"])
+    assert {"hist/token_entropy", "hist/advantage", "hist/response_length"} <= histograms
+    lengths = events.Histograms("hist/response_length")[0].histogram_value
+    assert 1 <= lengths.min and lengths.max <= module.hparams.max_new_tokens and lengths.num > 0
     logged = loggers[0].hparams  # the module's settings and the data's, in TensorBoard's HParams
     assert (
         logged["entropy_coef"] == 0.001 and logged["group_size"] == 4 and logged["env_kwargs"] == {"difficulty": "easy"}
