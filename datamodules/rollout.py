@@ -13,26 +13,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
-from transformers import PreTrainedTokenizerBase
 
 from datamodules.action_parser import parse_action
 from datamodules.env_pool import EnvFailure, EnvPool
 from datamodules.prompts import PromptBuilder
-from epo_lightning.types import Episode, Generation, Turn
+from epo_lightning.contracts import RolloutPolicy
+from epo_lightning.types import Episode, Turn
 
 log = logging.getLogger(__name__)
-
-
-class RolloutPolicy(Protocol):
-    """What rollout collection needs from a policy (``EPOModule`` provides it)."""
-
-    tokenizer: PreTrainedTokenizerBase
-
-    def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> Generation:
-        """Sample one response (token ids, and the engine's log-probs if it reports them) per prompt."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.rollout_progress import rollout_progress
 from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
+from epo_lightning.contracts import TrainingPolicy
 from epo_lightning.types import Episode, TurnBatch
 
 VAL_SPLITS = ("val_iid", "val_ood")
@@ -251,7 +252,7 @@ class RolloutDataModule(pl.LightningDataModule):
         return batches
 
     def _collect_training_data(self, step: int) -> Batches[TurnBatch]:
-        policy = self.trainer.lightning_module
+        policy: TrainingPolicy = self.trainer.lightning_module
         rng = random.Random(f"{self.seed}:train:{step}:{self.trainer.global_rank}")
         tasks = [
             TaskSpec("train", task_seed, group)
@@ -280,7 +281,7 @@ class RolloutDataModule(pl.LightningDataModule):
             for micro in (split_balanced(mini, plan.micro_batches) for mini in minis)
         ]
         with torch.no_grad():
-            updates = [[policy.score(batch) for batch in micro_batches] for micro_batches in updates]
+            updates = [[policy.score_logprobs(batch) for batch in micro_batches] for micro_batches in updates]
             # over the whole step: group baselines and whitening span every batch (and, for GAE, every rank)
             policy.assign_advantages([batch for micro_batches in updates for batch in micro_batches])
             policy.assign_loss_weights(updates)
@@ -290,7 +291,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_step = step + 1
         return Batches(batches)
 
-    def _plan(self, num_rows: int, policy: Any) -> tuple[UpdatePlan, int]:
+    def _plan(self, num_rows: int, policy: TrainingPolicy) -> tuple[UpdatePlan, int]:
         """The update plan of this step and the rows of all ranks (every rank's count is exchanged once)."""
         counts = self.trainer.strategy.all_gather(torch.tensor([num_rows], device=policy.device)).reshape(-1).tolist()
         mini_batch_size = self.mini_batch_size or self.micro_batch_size * self.trainer.world_size
@@ -306,7 +307,7 @@ class RolloutDataModule(pl.LightningDataModule):
         return Batches(self._evaluate(first_seed=TEST_SEED_OFFSET))
 
     def _evaluate(self, first_seed: int) -> list[dict[str, Any]]:
-        policy = self.trainer.lightning_module
+        policy: TrainingPolicy = self.trainer.lightning_module
         rank, world = self.trainer.global_rank, self.trainer.world_size
         items = []
         for split in VAL_SPLITS:
@@ -325,7 +326,9 @@ class RolloutDataModule(pl.LightningDataModule):
             )
         return items
 
-    def _play(self, policy: Any, tasks: Sequence[TaskSpec], torch_seed: int, evaluation: bool) -> RolloutResult:
+    def _play(
+        self, policy: TrainingPolicy, tasks: Sequence[TaskSpec], torch_seed: int, evaluation: bool
+    ) -> RolloutResult:
         was_training = policy.training
         policy.eval()
         try:

@@ -33,6 +33,20 @@ MANUAL_OPTIMIZATION_KEYS = {
     "accumulate_grad_batches": "data.init_args.mini_batch_size (rows per update) and micro_batch_size (memory)",
 }
 FORCED_CALLBACKS = {"entropy_history": "callbacks.EntropyHistory", "phase": "callbacks.PhaseScheduler"}
+#: What each callback slot controls, for ``--help``.
+SLOT_HELP = {
+    "entropy_history": (
+        "The entropy-history slot (default callbacks.EntropyHistory): after every RL step it sets "
+        "pl_module.entropy_reference, H_ref of the smoothing corridor (paper Eq. 3; a float, or a tensor with one "
+        "value per turn index). A replacement is any Callback that sets that attribute and declares "
+        "controls = ('entropy_reference',); null removes the smoothing term."
+    ),
+    "phase": (
+        "The phase slot (default callbacks.PhaseScheduler): before every RL step it sets pl_module.beta, the phase "
+        "weight beta_k of paper Eq. 5. A replacement is any Callback that sets that attribute and declares "
+        "controls = ('beta',); null keeps beta = 1."
+    ),
+}
 
 
 class EPOCLI(LightningCLI):
@@ -48,7 +62,8 @@ class EPOCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key, class_path in FORCED_CALLBACKS.items():
-            parser.add_lightning_class_args(Callback, key, subclass_mode=True, required=False)
+            parser.callback_keys.append(key)  # what add_lightning_class_args does, with the slot's own help
+            parser.add_subclass_arguments(Callback, key, fail_untyped=False, required=False, help=SLOT_HELP[key])
             parser.set_defaults({key: {"class_path": class_path}})
         parser.add_argument(
             "--val_before_fit",

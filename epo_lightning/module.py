@@ -38,6 +38,7 @@ from epo_lightning.advantages import (
     trajectory_grpo_advantages,
 )
 from epo_lightning.atomic_checkpoint import AtomicCheckpointIO
+from epo_lightning.contracts import RolloutSource
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.errors import ConfigurationError
 from epo_lightning.logprobs import ResponseScorer
@@ -313,7 +314,8 @@ class EPOModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its writes atomic
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        group_size = getattr(self.trainer.datamodule, "group_size", None)
+        source = self._rollout_source()
+        group_size = source.group_size if source is not None else None
         if group_size == 1 and self.hparams.advantage in ("grpo", "grpo_mean", "rloo"):
             raise ConfigurationError(
                 f"data.group_size is 1, so model.advantage={self.hparams.advantage!r} compares every episode only with "
@@ -357,7 +359,12 @@ class EPOModule(pl.LightningModule):
 
     def _has_env(self) -> bool:
         """The Trainer's DataModule can play the environment (what the tiny preset is built from)."""
-        return hasattr(getattr(self._trainer, "datamodule", None), "format_prior_examples")
+        return self._rollout_source() is not None
+
+    def _rollout_source(self) -> RolloutSource | None:
+        """The Trainer's DataModule, if it is a rollout DataModule (``epo_lightning.contracts.RolloutSource``)."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return datamodule if isinstance(datamodule, RolloutSource) else None
 
     def _data_parallel_mesh(self) -> Any:
         """The mesh to shard over with FSDP2 (``ModelParallelStrategy``), or None under any other strategy."""
@@ -374,7 +381,7 @@ class EPOModule(pl.LightningModule):
     def _load_policy(self) -> tuple[torch.nn.Module, Any]:
         """Load the policy from where a checkpoint says it came from, by name, or by building the tiny preset."""
         if self._policy_source is None and self.policy_name == "tiny":
-            datamodule = self.trainer.datamodule
+            datamodule = self._rollout_source()
             examples = datamodule.format_prior_examples(self.tiny.prior_states, self.tiny.seed)
             vocabulary = datamodule.vocabulary(examples)
             self._policy_source = str(load_or_build_tiny(vocabulary, examples, self.tiny, Path(self.hparams.cache_dir)))
@@ -462,7 +469,7 @@ class EPOModule(pl.LightningModule):
         self._roots_initialized = True
 
     @torch.no_grad()
-    def score(self, batch: TurnBatch) -> TurnBatch:
+    def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
         """Fill the rollout policy's log-probs and entropy, the reference log-probs (KL) and the critic values (GAE)."""
         batch = batch.to(self.device)
         batch.old_logprobs, batch.old_entropy = self._logprobs(self.actor, batch)
@@ -756,11 +763,10 @@ class EPOModule(pl.LightningModule):
         for metric in [self.train_entropy, self.train_turn_entropy, *self.train_stats.values()]:
             metric.reset()
         self.rollout_metrics.reset()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        stats = getattr(datamodule, "rollout_stats", {})
-        if stats:
-            self.rollout_metrics.update(stats)
-        log_transcripts(self.trainer, getattr(datamodule, "transcripts", []), "train", self.current_epoch)
+        source = self._rollout_source()
+        if source is not None and source.rollout_stats:
+            self.rollout_metrics.update(source.rollout_stats)
+        log_transcripts(self.trainer, source.transcripts if source else [], "train", self.current_epoch)
         log_histograms(self.trainer, self._step_samples, self.current_epoch)
 
     @override
@@ -806,8 +812,8 @@ class EPOModule(pl.LightningModule):
     def _log_eval_transcripts(self, prefix_map: dict[str, str]) -> None:
         """Transcripts of the evaluation episodes, labelled with the RL steps trained so far (0: untrained)."""
         steps_done = self.current_epoch + 1 if self.global_step > 0 else 0
-        transcripts = getattr(getattr(self.trainer, "datamodule", None), "eval_transcripts", {})
-        for split, texts in transcripts.items():
+        source = self._rollout_source()
+        for split, texts in (source.eval_transcripts if source else {}).items():
             log_transcripts(self.trainer, texts, prefix_map[split], steps_done)
 
     @override

@@ -130,3 +130,11 @@ def test_torch_threads_is_a_cli_setting_applied_before_anything_is_built() -> No
             cli_main([*FAST, "--torch_threads", "0"], run=False)
     finally:
         torch.set_num_threads(before)
+
+
+def test_help_says_what_each_callback_slot_controls_and_what_a_replacement_sets(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--help"], run=True)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sets pl_module.entropy_reference" in text and "controls = ('entropy_reference',)" in text
+    assert "sets pl_module.beta" in text and "controls = ('beta',)" in text

@@ -24,8 +24,8 @@ class RecordingLora(EPOModule):
 
     scored: list
 
-    def score(self, batch):
-        batch = super().score(batch)
+    def score_logprobs(self, batch):
+        batch = super().score_logprobs(batch)
         self.scored = [*getattr(self, "scored", []), batch]
         return batch
 

@@ -1,0 +1,66 @@
+"""What the policy module and the rollout DataModule need of each other, written down as Protocols.
+
+``EPOModule`` and ``RolloutDataModule`` satisfy them; a replacement for either (a new algorithm, a new data source)
+implements the matching Protocol. The direction of every call (docs/architecture.md):
+
+- rollouts call the policy: ``RolloutPolicy`` (sample) and ``TrainingPolicy`` (score the rows, set advantages and
+  update weights, over one RL step);
+- the policy reads the DataModule: ``RolloutSource`` (group size, what the last collection counted, transcripts,
+  and the states and words the tiny preset is built from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from epo_lightning.types import Generation, TurnBatch
+
+
+class RolloutPolicy(Protocol):
+    """What collecting episodes needs from a policy."""
+
+    tokenizer: Any
+
+    def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> Generation:
+        """Sample one response (token ids, and the engine's log-probs if it reports them) per prompt."""
+
+
+class TrainingPolicy(RolloutPolicy, Protocol):
+    """What turning a collection into training micro-batches needs from the policy (a ``LightningModule``)."""
+
+    device: torch.device
+    training: bool
+
+    def train(self, mode: bool = True) -> Any:
+        """Training mode (``nn.Module.train``)."""
+
+    def eval(self) -> Any:
+        """Evaluation mode (``nn.Module.eval``)."""
+
+    def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
+        """Fill the rollout policy's log-probs and entropy (and the reference's and the critic's values)."""
+
+    def assign_advantages(self, batches: Sequence[TurnBatch]) -> None:
+        """Set the advantages of one RL step's scored micro-batches, over all of them (and all ranks)."""
+
+    def assign_loss_weights(self, updates: Sequence[Sequence[TurnBatch]]) -> None:
+        """Set per-token loss weights over each optimizer update (a list of micro-batches) of the step."""
+
+
+@runtime_checkable
+class RolloutSource(Protocol):
+    """What the policy module reads from its DataModule."""
+
+    group_size: int
+    rollout_stats: dict[str, float]
+    transcripts: list[str]
+    eval_transcripts: dict[str, list[str]]
+
+    def format_prior_examples(self, num_states: int, seed: int) -> list[tuple[str, list[str]]]:
+        """Prompts of states reached by play and their admissible actions (the tiny preset's format prior)."""
+
+    def vocabulary(self, examples: Sequence[tuple[str, Sequence[str]]] = ()) -> tuple[str, ...]:
+        """Every word the environment and the prompts can contain (the tiny preset's tokenizer)."""
