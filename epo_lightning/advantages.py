@@ -224,3 +224,41 @@ def gae_advantages(
     if whiten:
         advantages = masked_whiten(advantages, mask)
     return advantages, returns
+
+
+#: The per-row facts ``row_advantages`` takes (``TurnBatch`` fields of the same names).
+ROW_FIELDS = ("scores", "group_index", "traj_index", "turn_index", "anchor_index", "step_rewards")
+
+
+def row_advantages(
+    estimator: Literal["grpo", "grpo_mean", "rloo", "gigpo"],
+    scores: Tensor,
+    group_index: Tensor,
+    traj_index: Tensor,
+    turn_index: Tensor,
+    anchor_index: Tensor,
+    step_rewards: Tensor,
+    *,
+    grpo_statistics: Literal["trajectory", "row"] = "trajectory",
+    gamma: float = 1.0,
+    gigpo_step_weight: float = 1.0,
+    gigpo_mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
+) -> Tensor:
+    """Per-row advantages ``[N]`` of a critic-free estimator (``EPOModule``'s ``model.advantage``) from ``[N]`` facts.
+
+    ``grpo`` and ``grpo_mean`` use the group statistics over trajectories (``grpo_statistics="trajectory"``, paper
+    Eq. 1) or over every row (``"row"``, the released code); ``gigpo`` adds GiGPO's anchor-state step groups on the
+    ``gamma``-discounted step returns. GAE needs the critic's values and is assigned per token (``gae_advantages``).
+    """
+    if estimator in ("grpo", "grpo_mean") and grpo_statistics == "trajectory":
+        return trajectory_grpo_advantages(scores, group_index, traj_index, normalize_std=estimator == "grpo")
+    if estimator in ("grpo", "grpo_mean"):
+        return grpo_advantages(scores, group_index, normalize_std=estimator == "grpo")
+    if estimator == "rloo":
+        return rloo_advantages(scores, group_index)
+    if estimator == "gigpo":
+        step_returns = discounted_returns(step_rewards, traj_index, turn_index, gamma)
+        return gigpo_advantages(
+            scores, step_returns, group_index, anchor_index, step_weight=gigpo_step_weight, mode=gigpo_mode
+        )
+    raise ValueError(f"advantage {estimator!r} needs the critic's values; it is assigned per token.")

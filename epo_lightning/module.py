@@ -29,14 +29,7 @@ from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from typing_extensions import override
 
-from epo_lightning.advantages import (
-    discounted_returns,
-    gae_advantages,
-    gigpo_advantages,
-    grpo_advantages,
-    rloo_advantages,
-    trajectory_grpo_advantages,
-)
+from epo_lightning.advantages import ROW_FIELDS, gae_advantages, row_advantages
 from epo_lightning.atomic_checkpoint import AtomicCheckpointIO
 from epo_lightning.contracts import RolloutSource
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
@@ -68,8 +61,6 @@ VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
 TEST_PREFIX = {"val_iid": "test", "val_ood": "test_ood"}
 #: Shown on the epoch's progress bar (with the validation success rates): how the last RL step went.
 PROGRESS_BAR_METRICS = ("rollout/success_rate", "entropy/token_mean")
-#: The per-row facts ``row_advantages`` takes, in its argument order.
-_ROW_FIELDS = ("scores", "group_index", "traj_index", "turn_index", "anchor_index", "step_rewards")
 
 
 class EPOModule(pl.LightningModule):
@@ -507,7 +498,16 @@ class EPOModule(pl.LightningModule):
         if self.hparams.advantage == "gae":
             self._assign_gae(batches)
         else:
-            advantages = self.row_advantages(*(torch.cat([getattr(b, name) for b in batches]) for name in _ROW_FIELDS))
+            rows = {name: torch.cat([getattr(batch, name) for batch in batches]) for name in ROW_FIELDS}
+            hp = self.hparams
+            advantages = row_advantages(
+                hp.advantage,
+                **rows,
+                grpo_statistics=hp.grpo_statistics,
+                gamma=hp.gamma,
+                gigpo_step_weight=hp.gigpo_step_weight,
+                gigpo_mode=hp.gigpo_mode,
+            )
             for batch, chunk in zip(batches, advantages.split([len(b) for b in batches]), strict=True):
                 batch.advantages = chunk
         self._step_samples = step_samples(batches)
@@ -535,35 +535,6 @@ class EPOModule(pl.LightningModule):
         if trainer is None or trainer.world_size == 1:
             return tensor
         return trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").to(tensor.device)
-
-    def row_advantages(
-        self,
-        scores: Tensor,
-        group_index: Tensor,
-        traj_index: Tensor,
-        turn_index: Tensor,
-        anchor_index: Tensor,
-        step_rewards: Tensor,
-    ) -> Tensor:
-        """Per-row advantages ``[N]`` of the critic-free estimators from the rows' facts ``[N]``."""
-        estimator = self.hparams.advantage
-        if estimator in ("grpo", "grpo_mean") and self.hparams.grpo_statistics == "trajectory":
-            return trajectory_grpo_advantages(scores, group_index, traj_index, normalize_std=estimator == "grpo")
-        if estimator in ("grpo", "grpo_mean"):
-            return grpo_advantages(scores, group_index, normalize_std=estimator == "grpo")
-        if estimator == "rloo":
-            return rloo_advantages(scores, group_index)
-        if estimator == "gigpo":
-            step_returns = discounted_returns(step_rewards, traj_index, turn_index, self.hparams.gamma)
-            return gigpo_advantages(
-                scores,
-                step_returns,
-                group_index,
-                anchor_index,
-                step_weight=self.hparams.gigpo_step_weight,
-                mode=self.hparams.gigpo_mode,
-            )
-        raise ValueError(f"advantage {estimator!r} needs the critic's values; it is assigned per token.")
 
     def _assign_gae(self, batches: Sequence[TurnBatch]) -> None:
         """GAE per row with the row reward on its last response token, whitened over the whole step."""
