@@ -20,11 +20,16 @@ def _chunk_logprob_entropy(
     hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """Log-prob of ``targets`` and entropy for ``[N, H]`` hidden states: ``lse - logit`` and ``lse - E_p[logit]``."""
-    logits = head(hidden).float() / temperature
+    logprobs, entropy, _ = _logprob_entropy_lse(head(hidden).float() / temperature, targets)
+    return logprobs, entropy
+
+
+def _logprob_entropy_lse(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Log-prob of ``targets``, entropy and log-sum-exp of ``[N, V]`` (temperature-scaled) logits."""
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-    return logprobs, entropy
+    return logprobs, entropy, lse
 
 
 class _LinearLogprobEntropy(torch.autograd.Function):
@@ -42,10 +47,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, targets: Tensor, weight: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-        logits = _logits(hidden, weight, temperature)
-        lse = torch.logsumexp(logits, dim=-1)
-        logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-        entropy = lse - torch.bmm(torch.softmax(logits, dim=-1).unsqueeze(1), logits.unsqueeze(2)).reshape(-1)
+        logprobs, entropy, lse = _logprob_entropy_lse(_logits(hidden, weight, temperature), targets)
         ctx.save_for_backward(hidden, targets, weight, lse, entropy)
         ctx.temperature = temperature
         return logprobs, entropy

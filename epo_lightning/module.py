@@ -43,7 +43,7 @@ from epo_lightning.rollout_engine import HFEngine, RolloutEngine
 from epo_lightning.rollout_metrics import RolloutMetrics
 from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
-from epo_lightning.step_histograms import log_histograms, step_samples
+from epo_lightning.step_histograms import draws_histograms, log_histograms, step_samples
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
 from epo_lightning.transcripts import log_transcripts
 from epo_lightning.turn_entropy import TurnEntropy
@@ -510,7 +510,7 @@ class EPOModule(pl.LightningModule):
             )
             for batch, chunk in zip(batches, advantages.split([len(b) for b in batches]), strict=True):
                 batch.advantages = chunk
-        self._step_samples = step_samples(batches)
+        self._step_samples = step_samples(batches) if draws_histograms(self._trainer) else {}
 
     @torch.no_grad()
     def assign_loss_weights(self, updates: Sequence[Sequence[TurnBatch]]) -> None:

@@ -16,6 +16,13 @@ from torch import Tensor
 from epo_lightning.types import TurnBatch
 
 
+def draws_histograms(trainer: Any) -> bool:
+    """This process will draw the histograms: the global-zero rank of a run with a TensorBoard logger."""
+    if trainer is None or not trainer.is_global_zero:
+        return False
+    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+
+
 def step_samples(batches: Sequence[TurnBatch]) -> dict[str, Tensor]:
     """The values to draw, from a step's scored batches with advantages (rows without response tokens left out)."""
     entropy, advantages, lengths = [], [], []
@@ -35,7 +42,7 @@ def step_samples(batches: Sequence[TurnBatch]) -> dict[str, Tensor]:
 
 def log_histograms(trainer: Any, samples: dict[str, Tensor], step: int) -> None:
     """Add each non-empty sample to every TensorBoard logger of the run, on the global-zero rank."""
-    if not trainer.is_global_zero:
+    if not draws_histograms(trainer):
         return
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

@@ -67,3 +67,17 @@ def tiny_policy_dir(cache_dir: Path) -> Path:
 EASY_DATA = dict(
     env_kwargs={"difficulty": "easy"}, tasks_per_step=4, group_size=4, max_turns=6, val_tasks=8, micro_batch_size=16
 )
+
+
+def trainer_logprobs(model, prompts, responses, temperature: float) -> list[torch.Tensor]:
+    """What the trainer scores for each prompt's response: the log-probs of the response tokens, row by row."""
+    from datamodules.turn_rows import TurnRow, collate_rows
+    from epo_lightning.logprobs import response_logprobs_and_entropy
+
+    rows = [TurnRow(list(p), list(r), 0.0, 0, 0, 0, 0.0, 0) for p, r in zip(prompts, responses, strict=True)]
+    batch = collate_rows(rows, pad_id=0)
+    with torch.no_grad():
+        logprobs, _ = response_logprobs_and_entropy(
+            model, batch.input_ids, batch.attention_mask, batch.response_mask, temperature
+        )
+    return [logprobs[b][batch.response_mask[b].bool()] for b in range(len(rows))]

@@ -10,16 +10,14 @@ import torch
 from safetensors import safe_open
 
 from datamodules.rollout_datamodule import RolloutDataModule
-from datamodules.turn_rows import TurnRow, collate_rows
 from epo_lightning.errors import ConfigurationError
-from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.lora import LoraSettings, merged_weights
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.module import EPOModule
 from epo_lightning.policy import load_policy, save_policy
 from epo_lightning.rollout_engine import HFEngine
 from epo_lightning.types import Generation
-from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer, trainer_logprobs
 
 GAP = 0.05
 
@@ -34,13 +32,7 @@ class ShiftedEngine(HFEngine):
 
     def generate(self, policy, tokenizer, prompts, temperature, max_new_tokens) -> Generation:
         ids = super().generate(policy, tokenizer, prompts, temperature, max_new_tokens).token_ids
-        rows = [(list(p), list(r)) for p, r in zip(prompts, ids, strict=True)]
-        batch = collate_rows([TurnRow(p, r, 0.0, 0, 0, 0, 0.0, 0) for p, r in rows], tokenizer.pad_token_id)
-        with torch.no_grad():
-            scored, _ = response_logprobs_and_entropy(
-                policy, batch.input_ids, batch.attention_mask, batch.response_mask, temperature
-            )
-        logprobs = [scored[b][batch.response_mask[b].bool()].add(GAP).tolist() for b in range(len(rows))]
+        logprobs = [scored.add(GAP).tolist() for scored in trainer_logprobs(policy, prompts, ids, temperature)]
         return Generation(ids, logprobs)
 
     def load_weights(self, policy) -> None:

@@ -13,13 +13,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from datamodules.rollout_datamodule import RolloutDataModule
-from datamodules.turn_rows import TurnRow, collate_rows
-from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.module import EPOModule
 from epo_lightning.policy import load_policy, save_policy
 from epo_lightning.pretrained import resolve_policy
 from epo_lightning.tiny_preset import build_word_tokenizer, load_or_build_tiny
-from tests.conftest import EASY_DATA, VLLM_PRESET, make_trainer
+from tests.conftest import EASY_DATA, VLLM_PRESET, make_trainer, trainer_logprobs
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
@@ -31,19 +29,8 @@ ENGINE = dict(enforce_eager=True, kv_cache_gb=1)
 GAP = 1e-4
 
 
-def _scored(model, prompts, generation, temperature):
-    """The trainer's log-probs of the engine's responses, row by row (the engine's order)."""
-    rows = [TurnRow(list(p), list(r), 0.0, 0, 0, 0, 0.0, 0) for p, r in zip(prompts, generation.token_ids, strict=True)]
-    batch = collate_rows(rows, pad_id=0)
-    with torch.no_grad():
-        logprobs, _ = response_logprobs_and_entropy(
-            model, batch.input_ids, batch.attention_mask, batch.response_mask, temperature
-        )
-    return [logprobs[b][batch.response_mask[b].bool()] for b in range(len(rows))]
-
-
 def _max_gap(model, prompts, generation, temperature) -> float:
-    scored = _scored(model, prompts, generation, temperature)
+    scored = trainer_logprobs(model, prompts, generation.token_ids, temperature)
     engine = [torch.tensor(lp) for lp in generation.logprobs]
     return max(float((s - e).abs().max()) for s, e in zip(scored, engine, strict=True) if len(e))
 
