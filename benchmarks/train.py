@@ -97,7 +97,8 @@ def plain_seconds(module: EPOModule, batches: list, steps: int, epo: bool) -> fl
     trained = copy.deepcopy(module)
     scorer, hp = trained.actor, trained.hparams
     optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=1e-3)
-    cfg = trained.loss_config if epo else replace(trained.loss_config, entropy_coef=0.0, smoothing="off")
+    cfg = trained.loss_config if epo else replace(trained.loss_config, smoothing="off")
+    entropy_coef = trained.entropy_coef if epo else 0.0
     h_ref = float(batches[0].old_entropy[batches[0].response_mask.bool()].mean()) if epo else None
     start = time.perf_counter()
     for _ in range(steps):
@@ -107,7 +108,7 @@ def plain_seconds(module: EPOModule, batches: list, steps: int, epo: bool) -> fl
             )
             loss, _ = epo_loss(
                 logprobs, batch.old_logprobs, entropy, batch.advantages, batch.response_mask, batch.traj_index, cfg,
-                h_ref=h_ref, ref_logprobs=batch.ref_logprobs, old_entropy=batch.old_entropy,
+                entropy_coef=entropy_coef, h_ref=h_ref, ref_logprobs=batch.ref_logprobs, old_entropy=batch.old_entropy,
                 token_weights=batch.loss_weights,
             )  # fmt: skip
             loss.backward()

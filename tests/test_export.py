@@ -16,7 +16,7 @@ from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
 
 
 def _fit(tmp_path, cache_dir, **kwargs):
-    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), kl_coef=0.01, **kwargs)
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), loss={"kl_coef": 0.01}, **kwargs)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     export = ExportPolicy(str(tmp_path / "exported"))
     trainer = make_trainer(

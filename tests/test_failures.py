@@ -116,9 +116,9 @@ def test_ckpt_path_last_with_nothing_to_resume_is_an_error(cache_dir, tmp_path, 
 def test_defaults_follow_the_paper_and_the_reference_overlay_the_code(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["epo"])
     module = EPOModule()
-    assert module.hparams.agg == "turn_traj_mean" and module.hparams.grpo_statistics == "trajectory"
+    assert module.loss_config.agg == "turn_traj_mean" and module.hparams.grpo_statistics == "trajectory"
     code = cli_main(["--config", "configs/quickstart.yaml", "--config", "configs/epo_reference_code.yaml"], run=False)
-    assert code.model.hparams.agg == "token_mean" and code.model.hparams.grpo_statistics == "row"
+    assert code.model.loss_config.agg == "token_mean" and code.model.hparams.grpo_statistics == "row"
 
 
 def test_test_tasks_are_held_out_from_validation_and_untrained_evaluation_is_announced(

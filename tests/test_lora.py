@@ -34,7 +34,7 @@ def _fit(root, cache_dir, max_epochs, ckpt_path=None, **kwargs):
     module = RecordingLora(
         tiny=TEST_PRESET,
         cache_dir=str(cache_dir),
-        kl_coef=0.01,
+        loss={"kl_coef": 0.01},
         lora=LORA,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
         **kwargs,

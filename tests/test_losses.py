@@ -254,8 +254,10 @@ def test_epo_loss_by_hand():
     logp = torch.tensor([[-1.0, -2.0, -3.0, -1.0, -1.0]])
     mask = torch.tensor([[0, 1, 1, 1, 1]])
     entropy = torch.tensor([[9.0, 1.0, 3.0, 2.0, 0.5]])
-    cfg = EPOLossConfig(entropy_coef=0.01, kappa_l=0.5, kappa_r=2.0, alpha=0.1)
-    loss, stats = epo_loss(logp, logp, entropy, torch.tensor([2.0]), mask, torch.tensor([0]), cfg, h_ref=1.0, beta=2.0)
+    cfg = EPOLossConfig(kappa_l=0.5, kappa_r=2.0, alpha=0.1)
+    loss, stats = epo_loss(
+        logp, logp, entropy, torch.tensor([2.0]), mask, torch.tensor([0]), cfg, entropy_coef=0.01, h_ref=1.0, beta=2.0
+    )
     # Corridor [0.5, 2]. pg = -2 per token; L_H = (1 + 3 + 2 + 0.5) / 4 = 1.625;
     # alpha*P = 0, 0.1 * (3 - 2), 0 (upper boundary), 0 (lower boundary) -> L_smooth = 0.1 / 4 = 0.025.
     # loss = -2 - 0.01 * (1.625 - 2 * 0.025) = -2.01575; 3 of 4 tokens in the closed corridor.
@@ -272,9 +274,17 @@ def test_epo_loss_by_hand():
 
 def test_epo_loss_kl_and_approx_kl_by_hand():
     logp, old, ref = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.5, -1.0]]), torch.tensor([[-1.5, -1.0]])
-    cfg = EPOLossConfig(entropy_coef=0.0, kl_coef=0.1, kl_kind="k1", dual_clip=None)
+    cfg = EPOLossConfig(kl_coef=0.1, kl_kind="k1", dual_clip=None, agg="token_mean")
     loss, stats = epo_loss(
-        logp, old, torch.zeros(1, 2), torch.tensor([0.0]), torch.ones(1, 2), None, cfg, ref_logprobs=ref
+        logp,
+        old,
+        torch.zeros(1, 2),
+        torch.tensor([0.0]),
+        torch.ones(1, 2),
+        None,
+        cfg,
+        entropy_coef=0.0,
+        ref_logprobs=ref,
     )
     # pg = 0 (A = 0); k1 per token = 0.5, 0 -> 0.25; approx_kl: r = e^0.5 -> (e^0.5 - 1 - 0.5) / 2.
     assert loss.item() == pytest.approx(0.1 * 0.25)
@@ -301,7 +311,6 @@ def test_epo_loss_matches_naive(agg, smoothing, kl_kind):
         clip_low=0.2,
         clip_high=0.28,
         dual_clip=3.0,
-        entropy_coef=0.01,
         kl_coef=0.05,
         kl_kind=kl_kind,
         agg=agg,
@@ -311,7 +320,9 @@ def test_epo_loss_matches_naive(agg, smoothing, kl_kind):
         alpha=0.2,
     )
     h_ref, beta = 1.6, 1.4
-    loss, stats = epo_loss(logp, old, entropy, adv, mask, traj, cfg, h_ref=h_ref, beta=beta, ref_logprobs=ref)
+    loss, stats = epo_loss(
+        logp, old, entropy, adv, mask, traj, cfg, entropy_coef=0.01, h_ref=h_ref, beta=beta, ref_logprobs=ref
+    )
     pg = naive_agg(naive_ppo(logp, old, adv, mask, 0.2, 0.28, 3.0)[0], mask, agg, traj)
     ent = naive_agg(entropy, mask, agg, traj)
     smooth = 0.0
@@ -331,8 +342,7 @@ def test_epo_loss_matches_naive(agg, smoothing, kl_kind):
 def test_ratio_one_gives_no_clipping_and_minus_mean_advantage():
     logp, _, adv, entropy, mask, traj = random_batch(7)
     for agg in ("token_mean", "turn_traj_mean"):
-        cfg = EPOLossConfig(entropy_coef=0.0, agg=agg)
-        _, stats = epo_loss(logp, logp.clone(), entropy, adv, mask, traj, cfg)
+        _, stats = epo_loss(logp, logp.clone(), entropy, adv, mask, traj, EPOLossConfig(agg=agg), entropy_coef=0.0)
         assert stats.clip_frac.item() == 0.0
         expected = -naive_agg(adv.unsqueeze(1).expand_as(logp), mask, agg, traj)
         assert stats.loss_pg.item() == pytest.approx(expected, rel=1e-6)
@@ -344,8 +354,9 @@ def test_total_loss_gradient_wrt_entropy_pushes_toward_corridor():
     entropy = torch.tensor([[0.1, 1.0, 5.0, 7.0]], requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 0]])
     logp = torch.zeros(1, 4)
-    cfg = EPOLossConfig(entropy_coef=lam, kappa_l=0.5, kappa_r=2.0, alpha=alpha)
-    loss, _ = epo_loss(logp, logp, entropy, torch.tensor([1.0]), mask, torch.tensor([0]), cfg, h_ref=1.0, beta=beta)
+    cfg = EPOLossConfig(kappa_l=0.5, kappa_r=2.0, alpha=alpha)
+    advantages, traj = torch.tensor([1.0]), torch.tensor([0])
+    loss, _ = epo_loss(logp, logp, entropy, advantages, mask, traj, cfg, entropy_coef=lam, h_ref=1.0, beta=beta)
     loss.backward()
     w = 1 / 3
     expected = torch.tensor([[-lam * w * (1 + beta * alpha), -lam * w, -lam * w * (1 - beta * alpha), 0.0]])
@@ -357,8 +368,8 @@ def test_indicator_has_entropy_bonus_gradient_only():
     grads, values = {}, {}
     for smoothing in ("indicator", "off"):
         h = entropy.clone().requires_grad_(True)
-        cfg = EPOLossConfig(entropy_coef=0.01, smoothing=smoothing, kappa_l=0.5, kappa_r=1.2, alpha=0.1)
-        loss, _ = epo_loss(logp, old, h, adv, mask, traj, cfg, h_ref=1.5, beta=2.0)
+        cfg = EPOLossConfig(smoothing=smoothing, kappa_l=0.5, kappa_r=1.2, alpha=0.1, agg="token_mean")
+        loss, _ = epo_loss(logp, old, h, adv, mask, traj, cfg, entropy_coef=0.01, h_ref=1.5, beta=2.0)
         loss.backward()
         grads[smoothing], values[smoothing] = h.grad, loss.item()
     torch.testing.assert_close(grads["indicator"], grads["off"])
@@ -368,12 +379,13 @@ def test_indicator_has_entropy_bonus_gradient_only():
 
 def test_no_reference_means_no_smoothing():
     logp, old, adv, entropy, mask, traj = random_batch(9)
-    cfg = EPOLossConfig(entropy_coef=0.01, alpha=0.2, kappa_r=0.1)  # nearly every token is above the corridor
-    loss_none, stats = epo_loss(logp, old, entropy, adv, mask, traj, cfg, h_ref=None, beta=2.0)
+    cfg = EPOLossConfig(alpha=0.2, kappa_r=0.1)  # nearly every token is above the corridor
+    loss_none, stats = epo_loss(logp, old, entropy, adv, mask, traj, cfg, entropy_coef=0.01, h_ref=None, beta=2.0)
     assert stats.loss_smooth.item() == 0.0 and stats.in_corridor_frac.item() == 1.0
-    loss_off, _ = epo_loss(logp, old, entropy, adv, mask, traj, EPOLossConfig(entropy_coef=0.01, smoothing="off"))
+    off = EPOLossConfig(smoothing="off")
+    loss_off, _ = epo_loss(logp, old, entropy, adv, mask, traj, off, entropy_coef=0.01)
     assert loss_none.item() == pytest.approx(loss_off.item())
-    loss_ref, stats_ref = epo_loss(logp, old, entropy, adv, mask, traj, cfg, h_ref=1.0, beta=2.0)
+    loss_ref, stats_ref = epo_loss(logp, old, entropy, adv, mask, traj, cfg, entropy_coef=0.01, h_ref=1.0, beta=2.0)
     assert stats_ref.loss_smooth.item() > 0 and loss_ref.item() > loss_none.item()
 
 
@@ -397,7 +409,6 @@ def test_empty_mask_gives_finite_zero_loss():
         ({"clip_low": 0.0}, "clip_low"),
         ({"clip_high": 1.0}, "clip_high"),
         ({"dual_clip": 1.0}, "dual_clip"),
-        ({"entropy_coef": -0.1}, "entropy_coef"),
         ({"kl_coef": -1.0}, "kl_coef"),
         ({"kl_kind": "k4"}, "kl_kind"),
         ({"agg": "seq_mean"}, "agg"),

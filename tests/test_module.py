@@ -30,7 +30,7 @@ def _module(cache_dir, **kwargs) -> RecordingModule:
 
 
 def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_and_parameters_move(cache_dir, tiny_policy_dir, tmp_path):
-    module = _module(cache_dir, kl_coef=0.01)
+    module = _module(cache_dir, loss={"kl_coef": 0.01})
     trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
     assert len(module.first_log_ratios) == 2

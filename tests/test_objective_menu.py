@@ -33,11 +33,14 @@ MENU = {
         {"advantage": "gae", "critic_lr": 2e-3},
         ["critic/value_loss", "critic/explained_variance", "critic/clip_frac"],
     ),
-    "clip_higher": ({"clip_high": 0.28}, ["ppo/clip_frac"]),
-    "clip_cov": ({"policy_loss": "clip_cov", "clip_cov_ratio": 0.2, "clip_cov_lb": -5.0}, ["ppo/cov_selected_frac"]),
-    "kl_cov": ({"policy_loss": "kl_cov", "kl_cov_ratio": 0.2}, ["ppo/cov_selected_frac"]),
-    "erc": ({"erc_low": 0.95, "erc_high": 1.05, "clip_high": 0.28}, ["ppo/erc_clip_frac"]),
-    "entropy_advantage": ({"ea_alpha": 0.4, "ea_kappa": 2.0}, []),
+    "clip_higher": ({"loss": {"clip_high": 0.28}}, ["ppo/clip_frac"]),
+    "clip_cov": (
+        {"loss": {"policy_loss": "clip_cov", "clip_cov_ratio": 0.2, "clip_cov_lb": -5.0}},
+        ["ppo/cov_selected_frac"],
+    ),
+    "kl_cov": ({"loss": {"policy_loss": "kl_cov", "kl_cov_ratio": 0.2}}, ["ppo/cov_selected_frac"]),
+    "erc": ({"loss": {"erc_low": 0.95, "erc_high": 1.05, "clip_high": 0.28}}, ["ppo/erc_clip_frac"]),
+    "entropy_advantage": ({"loss": {"ea_alpha": 0.4, "ea_kappa": 2.0}}, []),
 }
 
 
@@ -161,7 +164,9 @@ def test_reference_code_callbacks_feed_a_per_turn_reference_from_step_zero(cache
             seen.append(self.entropy_reference)
             return super().training_step(batch, batch_idx)
 
-    module = Recording(tiny=TEST_PRESET, cache_dir=str(cache_dir), smoothing="indicator", smoothing_gate_turn=1)
+    module = Recording(
+        tiny=TEST_PRESET, cache_dir=str(cache_dir), loss={"smoothing": "indicator"}, smoothing_gate_turn=1
+    )
     history = EntropyHistory(per_turn=True, include_current=True)
     trainer = make_trainer(
         tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[history, PhaseScheduler("code_piecewise")]

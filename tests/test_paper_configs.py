@@ -42,7 +42,7 @@ def test_paper_config_is_true_to_the_tables(path):
     assert model["policy"] == policy and model["optimizer"]["init_args"]["lr"] == lr
     schedule = model["lr_scheduler"]["init_args"]
     assert (schedule["total_steps"], schedule["warmup_ratio"], schedule["min_lr_ratio"]) == (total_steps, 0.1, 0.2)
-    assert (model["temperature"], model["val_temperature"], model["kl_coef"]) == (1.0, 0.4, 0.01)
+    assert (model["temperature"], model["val_temperature"], model["loss"]["kl_coef"]) == (1.0, 0.4, 0.01)
     assert model["advantage"] == ("gae" if method == "ppo" else "grpo")
     assert data["tasks_per_step"] * data["group_size"] * trainer["devices"] == 128  # 16 tasks x 8 envs
     assert (data["micro_batch_size"], data["max_turns"], data["history_length"]) == (micro, max_turns, 2)
@@ -57,10 +57,11 @@ def test_paper_config_is_true_to_the_tables(path):
         assert trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")
         assert trainer["strategy"]["init_args"] == {"data_parallel_size": 8, "tensor_parallel_size": 1}
     if epo:
-        assert (model["entropy_coef"], model["kappa_l"], model["kappa_r"], model["alpha"]) == (0.001, 0.0, 2.0, alpha)
+        loss = model["loss"]
+        assert (model["entropy_coef"], loss["kappa_l"], loss["kappa_r"], loss["alpha"]) == (0.001, 0.0, 2.0, alpha)
         assert raw["phase"]["init_args"] == {"schedule": "paper_exp", "gamma": 3.0}
     else:
-        assert model["entropy_coef"] == 0.0 and model["smoothing"] == "off" and raw["phase"] is None
+        assert model["entropy_coef"] == 0.0 and model["loss"]["smoothing"] == "off" and raw["phase"] is None
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)

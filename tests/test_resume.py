@@ -21,7 +21,10 @@ KEYS = (
 
 def _fit(root, cache_dir, max_epochs, ckpt_path=None):
     module = EPOModule(
-        tiny=TEST_PRESET, cache_dir=str(cache_dir), kl_coef=0.01, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)
+        tiny=TEST_PRESET,
+        cache_dir=str(cache_dir),
+        loss={"kl_coef": 0.01},
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
     )
     history = EntropyHistory()
     callbacks = [history, PhaseScheduler(total_steps=4), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)]

@@ -73,9 +73,9 @@ def test_truncated_importance_weights_scale_the_policy_gradient_term_only():
     old, entropy, mask = logprobs.detach() - 0.1, torch.rand(2, 5), torch.ones(2, 5)
     advantages = torch.tensor([1.0, -2.0])
     weights = torch.tensor([[0.5] * 5, [2.0] * 5])
-    cfg = EPOLossConfig(entropy_coef=0.0, agg="token_mean")
-    plain, _ = epo_loss(logprobs, old, entropy, advantages, mask, None, cfg)
-    corrected, _ = epo_loss(logprobs, old, entropy, advantages, mask, None, cfg, is_weights=weights)
+    cfg = EPOLossConfig(agg="token_mean")
+    plain, _ = epo_loss(logprobs, old, entropy, advantages, mask, None, cfg, entropy_coef=0.0)
+    corrected, _ = epo_loss(logprobs, old, entropy, advantages, mask, None, cfg, entropy_coef=0.0, is_weights=weights)
     pg = -advantages[:, None] * torch.exp(logprobs.detach() - old)  # ratio exp(0.1): inside the clip range
     assert plain.item() == pytest.approx(pg.mean().item(), rel=1e-6)
     assert corrected.item() == pytest.approx((pg * weights).mean().item(), rel=1e-6)

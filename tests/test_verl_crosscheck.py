@@ -30,8 +30,8 @@ def _inputs(seed: int, rows: int = 6, width: int = 9, spread: float = 0.3):
 
 
 def _our_pg(new, old, advantages, mask, **config):
-    cfg = EPOLossConfig(entropy_coef=0.0, smoothing="off", **config)
-    loss, stats = epo_loss(new, old, torch.zeros_like(new), advantages, mask, None, cfg)
+    cfg = EPOLossConfig(smoothing="off", agg="token_mean", **config)
+    loss, stats = epo_loss(new, old, torch.zeros_like(new), advantages, mask, None, cfg, entropy_coef=0.0)
     return loss, stats
 
 

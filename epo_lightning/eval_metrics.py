@@ -1,0 +1,48 @@
+"""The evaluation metrics of the validation and test splits: success rate, episode length and valid-action ratio.
+
+Each evaluation batch holds finished episodes of one split (``val_iid`` or ``val_ood``); the metrics pool them over
+the batches and ranks of the evaluation (docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torchmetrics import MeanMetric, Metric
+
+#: The validation loop's metric prefix per split, and the test loop's.
+VAL_PREFIX = {"val_iid": "val", "val_ood": "val_ood"}
+TEST_PREFIX = {"val_iid": "test", "val_ood": "test_ood"}
+
+
+class EvalMetrics(nn.Module):
+    """Per split: ``success_rate``, ``episode_len`` (turns) and ``valid_action_ratio`` (valid turns over all turns)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.success = nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
+        self.episode_len = nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
+        self.valid_actions = nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
+
+    def update(self, batch: dict[str, Any], prefix_map: dict[str, str]) -> dict[str, Metric]:
+        """Add a batch of episodes; returns the metrics to log, by name, for its split (none for an empty batch)."""
+        split = batch["split"]
+        if batch["success"].numel() == 0:
+            return {}
+        turns = batch["episode_len"]
+        self.success[split].update(batch["success"])
+        self.episode_len[split].update(turns)
+        self.valid_actions[split].update(batch["valid_turns"] / turns.clamp_min(1.0), weight=turns)
+        prefix = prefix_map[split]
+        return {
+            f"{prefix}/success_rate": self.success[split],
+            f"{prefix}/episode_len": self.episode_len[split],
+            f"{prefix}/valid_action_ratio": self.valid_actions[split],
+        }
+
+    def reset(self) -> None:
+        """Start from fresh states (a validation run before fit leaves states created under inference mode)."""
+        for metrics in (self.success, self.episode_len, self.valid_actions):
+            for metric in metrics.values():
+                metric.reset()
