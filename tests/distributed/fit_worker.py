@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="ExportPolicy's directory")
     parser.add_argument("--advantage", default="grpo", help="gae trains a critic too")
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="the rollout engine")
+    parser.add_argument("--monitoring", action="store_true", help="TensorBoard with histograms, transcripts, plots")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -94,14 +96,18 @@ def main() -> None:
         tiny=VLLM_PRESET if engine else TEST_PRESET,
         rollout_engine=engine,
         cache_dir=str(args.cache),
-        kl_coef=0.01,
+        loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
         advantage=args.advantage,
-        agg="turn_traj_mean",
         entropy_coef=0.01,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
     )
     recorder = Recorder()
     history = EntropyHistory()
+    monitoring: list[Callback] = []
+    if args.monitoring:  # what only the global-zero rank draws, while the other rank trains on
+        from callbacks import EntropyPlots
+
+        monitoring = [EntropyPlots(every_n_steps=2)]
     trainer = Trainer(
         accelerator="cpu",
         devices=2,
@@ -110,12 +116,12 @@ def main() -> None:
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=args.steps,
-        logger=False,
+        logger=TensorBoardLogger(args.out, name="tb") if args.monitoring else False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=args.out,
-        callbacks=[history, PhaseScheduler(total_steps=args.phase_steps), recorder]
+        callbacks=[history, PhaseScheduler(total_steps=args.phase_steps), recorder, *monitoring]
         + ([ExportPolicy(args.export)] if args.export else []),
     )
     trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
@@ -123,6 +129,7 @@ def main() -> None:
         trainer.save_checkpoint(args.save_checkpoint)
     recorder.record["history"] = list(history.history)
     recorder.record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    recorder.record["plots"] = {name: getattr(c, name) for c in monitoring for name in ("turns", "means", "references")}
     torch.save(recorder.record, args.out / f"rank{trainer.global_rank}.pt")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules.rollout_datamodule import Batches
 from epo_lightning.module import EPOModule
@@ -75,8 +76,7 @@ def test_ddp_update_equals_one_process_on_the_pooled_rows(ddp_run, tmp_path):
     policy_dir = next(p for p in cache.iterdir() if p.is_dir())
     module = EPOModule(
         policy=str(policy_dir),
-        kl_coef=0.01,
-        agg="turn_traj_mean",
+        loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
         entropy_coef=0.01,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
     )
@@ -112,3 +112,20 @@ def test_logged_values_pool_both_ranks(ddp_run):
         successes = torch.cat([v["success"] for r in (rank0, rank1) for v in r["val"] if v["split"] == split])
         assert successes.numel() == 5  # every validation task exactly once
         assert metrics[name] == pytest.approx(float(successes.mean()))
+
+
+def test_only_the_global_zero_rank_draws_and_the_pictures_hold_both_ranks_entropy(ddp_run):
+    (rank0, rank1), cache = ddp_run
+    if not rank0["plots"]:
+        pytest.skip("needs matplotlib (the extra 'plots')")
+    for key in ("turns", "means", "references"):  # every rank computed the same all-reduced values; rank 0 drew them
+        torch.testing.assert_close(torch.tensor(rank0["plots"][key]), torch.tensor(rank1["plots"][key]), equal_nan=True)
+    assert rank0["plots"]["means"] == pytest.approx(rank0["history"], rel=1e-6)  # H̄_k over both ranks' tokens
+    runs = list((cache.parent / "out" / "tb").glob("version_*"))
+    assert len(runs) == 1 and len(list(runs[0].glob("events.out.tfevents.*"))) == 1  # one writer: rank 0
+    events = EventAccumulator(str(runs[0]), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    events.Reload()
+    for tag in ("entropy/turn_by_step", "entropy/corridor"):
+        assert [image.step for image in events.Images(tag)] == [1, 2]  # after steps 2 and 3 (the last)
+    assert [event.step for event in events.Histograms("hist/token_entropy")] == [0, 1, 2]
+    assert "transcripts/train_0/text_summary" in events.Tags()["tensors"]
