@@ -1,0 +1,217 @@
+"""The framework against a peer: TRL's ``GRPOTrainer`` on the same policy, prompts and budget, single-turn, on CPU.
+
+pip install trl        (not a dependency of the project)
+python benchmarks/peer_trl.py [--policy tiny|smollm2-135m] [--steps 5] [--repeats 2]
+
+TRL's ``GRPOTrainer`` trains on prompt -> completion pairs and has no multi-turn environment loop, so both sides run
+single-turn RL steps, alternating, in one process:
+
+- policy: the quickstart's tiny policy (``configs/quickstart.yaml``, its cached format prior) or SmolLM2-135M-Instruct
+  (prompts through its chat template), fp32, temperature 1;
+- per RL step: tiny, 8 tasks x 8 samples = 64 completions of at most 8 tokens; SmolLM2, 2 x 4 = 8 completions of at
+  most 16 tokens; then one optimizer update of 4 micro-batches (AdamW, gradient clipping 1.0), plain GRPO: no KL
+  term, no entropy term;
+- ``epo-lightning``: ``EPOModule`` + ``RolloutDataModule`` on the embedded suite with ``max_turns: 1`` (every
+  episode is one turn; the reward is the environment's);
+- ``TRL``: ``GRPOTrainer`` on the first-turn prompts the framework's own rollout built (decoded), with a reward of
+  a seeded random reward per completion (rewards do not change the work done, but must differ within a group so
+  that the advantages and gradients are not all zero).
+
+Reported: seconds per RL step (median over the steps after the first, and its range over repeats), completion tokens
+and trained positions (prompt + completion tokens) per step, and both per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer
+from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
+from scaling import StepClock  # benchmarks/scaling.py
+
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.module import EPOModule
+
+#: policy -> (tasks, samples per task, new tokens, micro-batch rows, learning rate) per RL step
+SETTINGS = {"tiny": (8, 8, 8, 16, 3e-4), "smollm2-135m": (2, 4, 16, 2, 2e-6)}
+
+
+class PromptRecorder(Callback):
+    """The prompt ids of the first RL step's rows (attention without the response)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: EPOModule, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 0:
+            prompt = batch.attention_mask.bool() & ~batch.response_mask.bool()
+            self.prompts += [row[keep].tolist() for row, keep in zip(batch.input_ids, prompt, strict=True)]
+
+
+def framework(policy: str, steps: int, cache: str, recorder: Callback | None = None) -> tuple[list[dict], EPOModule]:
+    """Single-turn plain GRPO steps with the framework; per-step records after the first, and the module."""
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    tasks, samples, new_tokens, micro, lr = SETTINGS[policy]
+    module = EPOModule(
+        policy=policy,
+        tiny=config["model"]["init_args"]["tiny"],
+        cache_dir=cache,
+        advantage="grpo",
+        max_new_tokens=new_tokens,
+        entropy_coef=0.0,
+        loss={"smoothing": "off", "kl_coef": 0.0, "agg": "token_mean"},
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr),
+    )
+    data = RolloutDataModule(
+        env="embedded",
+        tasks_per_step=tasks,
+        group_size=samples,
+        max_turns=1,
+        history_length=1,
+        micro_batch_size=micro,
+        mini_batch_size=tasks * samples,
+        val_tasks=0,
+    )
+    clock = StepClock()
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=steps,
+        reload_dataloaders_every_n_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock, *([recorder] if recorder else [])],
+    )
+    trainer.fit(module, datamodule=data)
+    return clock.steps[1:], module
+
+
+def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int) -> list[dict]:
+    """The same budget with TRL's GRPOTrainer, from the framework's initial policy; per-step records after the first."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = [time.perf_counter()]
+            self.lengths: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            self.ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+            if logs and "completions/mean_length" in logs:
+                self.lengths.append(float(logs["completions/mean_length"]))
+
+    tasks, samples, new_tokens, micro, lr = SETTINGS[policy]
+    tokenizer = module.tokenizer
+    rewards = random.Random(0)
+    prompt_tokens = statistics.fmean(len(tokenizer(p)["input_ids"]) for p in prompts)
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=tasks * samples // micro,
+            num_generations=samples,
+            max_completion_length=new_tokens,
+            temperature=1.0,
+            beta=0.0,
+            learning_rate=lr,
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            max_steps=steps,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="no",
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=copy.deepcopy(module.model),
+            reward_funcs=[lambda completions, **kwargs: [rewards.random() for _ in completions]],
+            args=config,
+            train_dataset=Dataset.from_dict({"prompt": prompts * steps * samples}),
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
+        trainer.train()
+    records = []
+    for k in range(1, len(clock.ends) - 1):
+        generated = clock.lengths[k] * tasks * samples if k < len(clock.lengths) else float("nan")
+        records.append(
+            {
+                "wall": clock.ends[k + 1] - clock.ends[k],
+                "generated": generated,
+                "positions": tasks * samples * prompt_tokens + generated,
+            }
+        )
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--policy", choices=sorted(SETTINGS), default="tiny")
+    parser.add_argument("--steps", type=int, default=5, help="RL steps per run (the first is not reported)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache", default=str(Path("~/.cache/epo_lightning").expanduser()))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    recorder = PromptRecorder()
+    tasks, samples, new_tokens = SETTINGS[args.policy][:3]
+    _, module = framework(
+        args.policy, 2, args.cache, recorder
+    )  # builds or loads the policy; records the first-turn prompts
+    initial = EPOModule(policy=module._policy_source, cache_dir=args.cache)  # the untrained policy, for TRL
+    initial.configure_model()
+    prompts = sorted({module.tokenizer.decode(ids) for ids in recorder.prompts})[:tasks]  # with the chat template
+    results: dict[str, list[tuple[float, float, float]]] = {"epo-lightning": [], "TRL GRPOTrainer": []}
+    for _ in range(args.repeats):
+        for name in results:
+            if name == "epo-lightning":
+                steps = framework(args.policy, args.steps, args.cache)[0]
+            else:
+                steps = trl_steps(args.policy, initial, prompts, args.steps)
+            wall = statistics.median(s["wall"] for s in steps)
+            results[name].append(
+                (
+                    wall,
+                    statistics.median(s["generated"] for s in steps),
+                    statistics.median(s["positions"] for s in steps),
+                )
+            )
+    print(
+        f"command: python benchmarks/peer_trl.py --policy {args.policy} --steps {args.steps} --repeats {args.repeats}"
+    )
+    print(f"machine: {describe()}")
+    import trl
+
+    print(f"TRL {trl.__version__}; single-turn RL steps of {tasks} x {samples} completions <= {new_tokens} tokens\n")
+    print(
+        "| side | s per RL step, median (range over repeats) | completion tokens | trained positions "
+        "| completion tokens/s | positions/s |\n|---|---|---|---|---|---|"
+    )
+    for name, runs in results.items():
+        walls = [r[0] for r in runs]
+        wall, generated, positions = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(
+            f"| {name} | {wall:.2f} ({min(walls):.2f}-{max(walls):.2f}) | {generated:.0f} | {positions:.0f} "
+            f"| {generated / wall:.0f} | {positions / wall:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
