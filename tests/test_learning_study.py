@@ -1,0 +1,72 @@
+"""``benchmarks/learning.py``: the study's statistics and its resumability, on hand-made results (no training)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def study():
+    sys.path.insert(0, str(BENCHMARKS))  # as when the script runs: it imports benchmarks/machine.py
+    try:
+        spec = importlib.util.spec_from_file_location("learning_study", BENCHMARKS / "learning.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _write(out: Path, arm: str, seed: int, rollout: float, entropy: list[float]) -> None:
+    curves = {
+        "val/success_rate": [0.1, rollout + 0.1],
+        "val_ood/success_rate": [0.0, rollout],
+        "rollout/success_rate": [0.0] * 5 + [rollout] * 3,  # the last 3 steps: the window
+        "rollout/valid_action_ratio": [1.0] * 8,
+        "entropy/token_mean": entropy,
+        "entropy/turn_0": entropy,
+    }
+    record = {"arm": arm, "seed": seed, "steps": 8, "seconds": 60.0, "machine": "test", "curves": curves}
+    (out / arm).mkdir(parents=True, exist_ok=True)
+    (out / arm / f"seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_seeds_needed_for_a_difference_of_five_points(study):
+    # ((1.96 + 0.84) * 0.1 / 0.05)^2 = 31.4
+    assert study.seeds_needed(0.1) == 32
+    assert study.seeds_needed(0.02886751) == 3
+
+
+def test_report_pairs_seeds_and_summarizes_the_final_window(study, tmp_path, capsys):
+    for seed, (base, epo) in enumerate([(0.5, 0.55), (0.6, 0.7), (0.4, 0.45)]):
+        _write(tmp_path, "grpo", seed, base, [0.2] * 8)
+        _write(tmp_path, "grpo_epo", seed, epo, [0.2, 0.4] * 4)
+    study.report(argparse.Namespace(out=str(tmp_path), window=3))
+    printed = capsys.readouterr().out
+    assert "| grpo | 3 | 0.6 +- 0.1 | 0.5 +- 0.1 | 0.5 +- 0.1 | 1 +- 0 | 0.2 +- 0 | 0 +- 0 | 1.0 |" in printed
+    assert "| grpo_epo | 3 |" in printed and "0.01 +- 0 |" in printed  # entropy variance across steps: 0.1^2
+    # differences 0.05, 0.1, 0.05: mean 0.067, sd 0.0289, 95% half-width 1.96 * 0.0289 / sqrt(3) = 0.033
+    assert "| grpo_epo | grpo | 3 | +0.067 [+0.034, +0.099] | +0.067 [+0.034, +0.099] | 3 |" in printed
+    assert (tmp_path / "learning.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_a_finished_run_is_not_run_again(study, tmp_path, monkeypatch):
+    _write(tmp_path, "grpo", 0, 0.5, [0.2] * 8)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished (arm, seed) was trained again")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    args = argparse.Namespace(out=str(tmp_path), steps=8, eval_tasks=8)
+    assert study.run_one("grpo", 0, args) == tmp_path / "grpo" / "seed0.json"
+    with pytest.raises(AssertionError, match="trained again"):
+        study.run_one("grpo", 1, args)
