@@ -12,8 +12,9 @@ the objective; every seed is paired across arms (the same seed gives the same ta
 - ``IID`` / ``OOD``: success on ``--eval-tasks`` held-out tasks of each split, evaluated once after the last step;
 - ``rollout (last W)``: training rollout success averaged over the last ``--window`` RL steps;
 - ``valid``: the valid-action ratio over the same window;
-- ``H mean`` / ``H var``: the token entropy over the window, and its variance across all RL steps (the paper's claim
-  is about both: EPO keeps entropy from collapsing and from oscillating);
+- ``H mean`` / ``H var`` / ``H jitter``: the token entropy over the window, its variance across all RL steps, and
+  half the mean squared change from one step to the next (the variance without the slow trend: oscillation). The
+  paper's claim is about all three: EPO keeps entropy from collapsing and from oscillating;
 
 then each arm against ``grpo`` on paired seeds (mean difference and its 95% interval), how many seeds per arm a
 difference of 0.05 would need at the observed spread (two-sided 5%, power 80%), and plots (PNG): entropy and
@@ -26,6 +27,7 @@ the run-to-run noise floor that any claimed effect must clear.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -112,6 +114,7 @@ def summarize(record: dict, window: int) -> dict[str, float]:
         "valid": last("rollout/valid_action_ratio"),
         "H mean": last("entropy/token_mean"),
         "H var": statistics.pvariance(entropy),
+        "H jitter": statistics.fmean((b - a) ** 2 for a, b in itertools.pairwise(entropy)) / 2,
     }
 
 
@@ -134,7 +137,7 @@ def report(args: argparse.Namespace) -> None:
     print(f"machine (of the first run): {machine}")
     print(f"budget: {sorted(steps)} RL steps; windows: last {args.window} RL steps; IID/OOD after the last step\n")
     summaries = {arm: {s: summarize(r, args.window) for s, r in runs.items()} for arm, runs in records.items()}
-    keys = ("IID", "OOD", "rollout", "valid", "H mean", "H var")
+    keys = ("IID", "OOD", "rollout", "valid", "H mean", "H var", "H jitter")
     print("| arm | seeds | " + " | ".join(keys) + " | minutes per run |\n" + "|---" * (len(keys) + 3) + "|")
     for arm, runs in summaries.items():
         cells = []
