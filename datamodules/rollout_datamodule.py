@@ -19,6 +19,7 @@ a checkpoint after step k replays exactly what the uninterrupted run does at ste
 from __future__ import annotations
 
 import functools
+import os
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar
@@ -94,7 +95,8 @@ class RolloutDataModule(pl.LightningDataModule):
             (with num_workers 0, seconds one environment call may take before it is interrupted and replaced).
         max_empty_steps: consecutive RL steps without a single usable episode (on any rank) after which training
             stops with an error instead of training on nothing.
-        seed: root seed of task sampling, action sampling and shuffling.
+        seed: root seed of task sampling, action sampling and shuffling. None (the default) takes the run's seed,
+            ``seed_everything`` (0 without one), so that ``--seed_everything S`` gives a different run for every S.
     """
 
     def __init__(
@@ -118,7 +120,7 @@ class RolloutDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         env_timeout: float = 120.0,
         max_empty_steps: int = 3,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # logged with the module's: the run's HParams hold the data settings too
@@ -170,6 +172,11 @@ class RolloutDataModule(pl.LightningDataModule):
         self._prepared: tuple[int, Batches[TurnBatch]] | None = None
         self._pool: EnvPool | None = None
 
+    @property
+    def root_seed(self) -> int:
+        """``seed``, or the run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED``) when it is None."""
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
     # ------------------------------------------------------------------ lifecycle
     @override
     def setup(self, stage: str) -> None:
@@ -189,7 +196,7 @@ class RolloutDataModule(pl.LightningDataModule):
     @override
     def state_dict(self) -> dict[str, Any]:
         """The task cursor: RL steps collected so far (every random choice of step k is seeded from (seed, k))."""
-        return {"rollout_step": self.rollout_step, "seed": self.seed, "empty_steps": self._empty_steps}
+        return {"rollout_step": self.rollout_step, "seed": self.root_seed, "empty_steps": self._empty_steps}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -253,7 +260,7 @@ class RolloutDataModule(pl.LightningDataModule):
 
     def _collect_training_data(self, step: int) -> Batches[TurnBatch]:
         policy: TrainingPolicy = self.trainer.lightning_module
-        rng = random.Random(f"{self.seed}:train:{step}:{self.trainer.global_rank}")
+        rng = random.Random(f"{self.root_seed}:train:{step}:{self.trainer.global_rank}")
         tasks = [
             TaskSpec("train", task_seed, group)
             for group, task_seed in enumerate(rng.randrange(2**31) for _ in range(self.tasks_per_step))
@@ -313,7 +320,7 @@ class RolloutDataModule(pl.LightningDataModule):
         for split in VAL_SPLITS:
             seeds = list(range(first_seed, first_seed + self.val_tasks))[rank::world]  # each task on exactly one rank
             tasks = [TaskSpec(split, s, i) for i, s in enumerate(seeds)]
-            result = self._play(policy, tasks, hash_seed(self.seed, split), evaluation=True)
+            result = self._play(policy, tasks, hash_seed(self.root_seed, split), evaluation=True)
             episodes = [e for e in result.episodes if not e.env_error]
             self.eval_transcripts[split] = [render_transcript(e) for e in episodes[: self.num_transcripts]]
             items.append(

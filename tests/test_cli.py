@@ -71,6 +71,13 @@ def test_one_nested_setting_overrides_only_itself() -> None:
         cli_main([*FAST, "--model.init_args.tiny.hidden_size=abc"], run=False)
 
 
+def test_the_run_seed_seeds_the_rollouts_unless_data_seed_is_set(monkeypatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test: other tests' rollouts keep seed 0
+    assert cli_main([*FAST, "--seed_everything=3"], run=False).datamodule.state_dict()["seed"] == 3
+    pinned = cli_main([*FAST, "--seed_everything=3", "--data.init_args.seed=7"], run=False)
+    assert pinned.datamodule.state_dict()["seed"] == 7
+
+
 def test_reference_code_overlay_switches_every_released_code_behaviour_on() -> None:
     cli = cli_main([*FAST, "--config", "configs/epo_reference_code.yaml"], run=False)
     assert cli.model.loss_config.smoothing == "indicator"
