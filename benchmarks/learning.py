@@ -16,9 +16,11 @@ the objective; every seed is paired across arms (the same seed gives the same ta
   half the mean squared change from one step to the next (the variance without the slow trend: oscillation). The
   paper's claim is about all three: EPO keeps entropy from collapsing and from oscillating;
 
-then each arm against ``grpo`` on paired seeds (mean difference and its 95% interval), how many seeds per arm a
-difference of 0.05 would need at the observed spread (two-sided 5%, power 80%), and plots (PNG): entropy and
-rollout success over RL steps, and the per-turn entropy of the last window.
+then each arm against ``grpo`` on paired seeds: the mean difference +- its std, the exact sign-flip p-value (every
+assignment of signs to the paired differences; no normal approximation, which would be wrong for a handful of
+seeds), and how many seeds per arm a difference of 0.05 would need at the observed spread (two-sided 5%, power 80%,
+normal approximation); and plots (PNG): entropy and rollout success over RL steps, and the per-turn entropy of the
+last window.
 
 The null control ``epo_base_null`` is ``epo_base`` with lambda changed by 1%: its difference from ``epo_base`` shows
 the run-to-run noise floor that any claimed effect must clear.
@@ -31,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -118,6 +121,19 @@ def summarize(record: dict, window: int) -> dict[str, float]:
     }
 
 
+def sign_flip_p(differences: list[float], draws: int = 20_000) -> float:
+    """Two-sided p-value of "no difference" for paired differences: the share of sign assignments whose mean is at
+    least as far from 0 as the observed one (all 2^n of them up to 16 pairs, ``draws`` random ones beyond)."""
+    observed = abs(statistics.fmean(differences)) - 1e-12
+    if len(differences) <= 16:
+        signs = itertools.product((1.0, -1.0), repeat=len(differences))
+    else:
+        rng = random.Random(0)
+        signs = ([rng.choice((1.0, -1.0)) for _ in differences] for _ in range(draws))
+    flips = [abs(statistics.fmean(s * d for s, d in zip(sign, differences, strict=True))) for sign in signs]
+    return sum(flip >= observed for flip in flips) / len(flips)
+
+
 def seeds_needed(spread: float, difference: float = 0.05) -> int:
     """Seeds per arm for a paired two-sided 5% test with power 80% to see ``difference`` at this paired spread."""
     return math.ceil(((Z_95 + Z_POWER_80) * spread / difference) ** 2)
@@ -147,7 +163,7 @@ def report(args: argparse.Namespace) -> None:
             cells.append(f"{statistics.fmean(values):.3g} +- {spread:.2g}")
         minutes = statistics.fmean(r["seconds"] for r in records[arm].values()) / 60
         print(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {minutes:.1f} |")
-    print("\npaired on seeds, arm minus baseline: mean difference [95% interval]; seeds per arm to see 0.05")
+    print("\npaired on seeds, arm minus baseline: mean difference +- std (sign-flip p); seeds per arm to see 0.05")
     print("| arm | baseline | pairs | IID | rollout | seeds for 0.05 (rollout) |\n|---|---|---|---|---|---|")
     for arm in summaries:
         baseline = "epo_base" if arm == "epo_base_null" else "grpo"
@@ -160,8 +176,7 @@ def report(args: argparse.Namespace) -> None:
         for key in ("IID", "rollout"):
             differences = [summaries[arm][s][key] - summaries[baseline][s][key] for s in pairs]
             mean, spread = statistics.fmean(differences), statistics.stdev(differences)
-            half = Z_95 * spread / math.sqrt(len(differences))
-            cells.append(f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]")
+            cells.append(f"{mean:+.3f} +- {spread:.3f} (p = {sign_flip_p(differences):.2f})")
         print(f"| {arm} | {baseline} | {len(pairs)} | {cells[0]} | {cells[1]} | {seeds_needed(spread)} |")
     plot(records, Path(args.out), args.window)
 

@@ -40,6 +40,13 @@ def _write(out: Path, arm: str, seed: int, rollout: float, entropy: list[float])
     (out / arm / f"seed{seed}.json").write_text(json.dumps(record))
 
 
+def test_sign_flip_p_value_is_exact_for_a_few_pairs(study):
+    assert study.sign_flip_p([0.1, 0.2]) == 0.5  # of ++, +-, -+, --: the two same-sign ones reach 0.15
+    assert study.sign_flip_p([0.1, -0.1]) == 1.0
+    assert study.sign_flip_p([0.1] * 6) == 2 / 64
+    assert study.sign_flip_p([0.1] * 20) < 0.001  # drawn flips beyond 16 pairs
+
+
 def test_seeds_needed_for_a_difference_of_five_points(study):
     # ((1.96 + 0.84) * 0.1 / 0.05)^2 = 31.4
     assert study.seeds_needed(0.1) == 32
@@ -55,8 +62,8 @@ def test_report_pairs_seeds_and_summarizes_the_final_window(study, tmp_path, cap
     assert "| grpo | 3 | 0.6 +- 0.1 | 0.5 +- 0.1 | 0.5 +- 0.1 | 1 +- 0 | 0.2 +- 0 | 0 +- 0 | 0 +- 0 | 1.0 |" in printed
     # entropy 0.2, 0.4, 0.2, ...: variance across steps 0.1^2, jitter 0.2^2 / 2
     assert "| 0.333 +- 0 | 0.01 +- 0 | 0.02 +- 0 | 1.0 |" in printed  # window mean of 0.4, 0.2, 0.4
-    # differences 0.05, 0.1, 0.05: mean 0.067, sd 0.0289, 95% half-width 1.96 * 0.0289 / sqrt(3) = 0.033
-    assert "| grpo_epo | grpo | 3 | +0.067 [+0.034, +0.099] | +0.067 [+0.034, +0.099] | 3 |" in printed
+    # differences 0.05, 0.1, 0.05: mean 0.067, sd 0.029; of the 8 sign flips only all-plus and all-minus reach 0.067
+    assert "| grpo_epo | grpo | 3 | +0.067 +- 0.029 (p = 0.25) | +0.067 +- 0.029 (p = 0.25) | 3 |" in printed
     assert (tmp_path / "learning.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
