@@ -36,6 +36,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
 from scaling import StepClock  # benchmarks/scaling.py
+from train import bare_trainer  # benchmarks/train.py
 
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
@@ -81,18 +82,7 @@ def framework(policy: str, steps: int, cache: str, recorder: Callback | None = N
         val_tasks=0,
     )
     clock = StepClock()
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=steps,
-        reload_dataloaders_every_n_epochs=1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock, *([recorder] if recorder else [])],
-    )
+    trainer = bare_trainer(steps, [clock, *([recorder] if recorder else [])])
     trainer.fit(module, datamodule=data)
     return clock.steps[1:], module
 

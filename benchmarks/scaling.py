@@ -25,6 +25,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
 from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
+from train import bare_trainer  # benchmarks/train.py
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
@@ -74,18 +75,7 @@ def run_point(model_args: dict, data_args: dict, steps: int, cache: str) -> list
     """Train ``steps`` RL steps at one setting; the per-step records of steps 1 and later."""
     settings = {k: v for k, v in model_args.items() if k not in ("optimizer", "lr_scheduler")}  # AdamW, no schedule
     clock = StepClock()
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=steps,
-        reload_dataloaders_every_n_epochs=1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EntropyHistory(), PhaseScheduler(total_steps=steps), clock],
-    )
+    trainer = bare_trainer(steps, [EntropyHistory(), PhaseScheduler(total_steps=steps), clock])
     torch.manual_seed(0)
     trainer.fit(EPOModule(**settings, cache_dir=cache), datamodule=RolloutDataModule(**data_args))
     return clock.steps[1:]

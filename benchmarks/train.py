@@ -66,11 +66,12 @@ def record_step(cache: str) -> tuple[EPOModule, list]:
     settings = {k: v for k, v in model_args.items() if k not in ("optimizer", "lr_scheduler")}  # AdamW, no schedule
     module = EPOModule(**settings, cache_dir=cache)
     recorder = Recorder()
-    _trainer(1, [recorder]).fit(module, datamodule=RolloutDataModule(**{**data_args, "val_tasks": 0}))
+    bare_trainer(1, [recorder]).fit(module, datamodule=RolloutDataModule(**{**data_args, "val_tasks": 0}))
     return module, recorder.batches
 
 
-def _trainer(epochs: int, callbacks: list) -> Trainer:
+def bare_trainer(epochs: int, callbacks: list) -> Trainer:
+    """A CPU Trainer of ``epochs`` RL steps with nothing but ``callbacks``: no validation, logger or checkpoints."""
     return Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -87,7 +88,7 @@ def _trainer(epochs: int, callbacks: list) -> Trainer:
 
 def lightning_seconds(module: EPOModule, batches: list, steps: int) -> float:
     trained = copy.deepcopy(module)
-    trainer = _trainer(steps, [EntropyHistory(), PhaseScheduler()])
+    trainer = bare_trainer(steps, [EntropyHistory(), PhaseScheduler()])
     start = time.perf_counter()
     trainer.fit(trained, datamodule=Replay(batches))
     return time.perf_counter() - start
