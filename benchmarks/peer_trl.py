@@ -13,8 +13,8 @@ single-turn RL steps, alternating, in one process:
   term, no entropy term;
 - ``epo-lightning``: ``EPOModule`` + ``RolloutDataModule`` on the embedded suite with ``max_turns: 1`` (every
   episode is one turn; the reward is the environment's);
-- ``TRL``: ``GRPOTrainer`` on the first-turn prompts the framework's own rollout built (decoded), with a reward of
-  a seeded random reward per completion (rewards do not change the work done, but must differ within a group so
+- ``TRL``: ``GRPOTrainer`` on the first-turn prompts the framework's own rollout built (decoded), with a
+  seeded random reward per completion (rewards do not change the work done, but must differ within a group so
   that the advantages and gradients are not all zero).
 
 Reported: seconds per RL step (median over the steps after the first, and its range over repeats), completion tokens
