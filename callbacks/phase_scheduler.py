@@ -163,8 +163,9 @@ class PhaseScheduler(Callback):
         self.epoch = state_dict.get("epoch", 0)
         self.beta = state_dict.get("beta", self.beta)
         saved = state_dict.get("total_steps")
-        if self.schedule == "paper_exp" and saved is not None and saved != self._resolved_total_steps:
+        resolved = self._resolved_total_steps  # None outside fit (epo validate|test), where beta is not used
+        if self.schedule == "paper_exp" and None not in (saved, resolved) and saved != resolved:
             rank_zero_warn(
-                f"PhaseScheduler: the checkpoint's run had K={saved} but this run has K={self._resolved_total_steps}, "
+                f"PhaseScheduler: the checkpoint's run had K={saved} but this run has K={resolved}, "
                 f"so beta follows the new schedule; set `total_steps={saved}` to keep the old one."
             )

@@ -32,6 +32,8 @@ MANUAL_OPTIMIZATION_KEYS = {
     "gradient_clip_val": "model.init_args.grad_clip",
     "accumulate_grad_batches": "data.init_args.mini_batch_size (rows per update) and micro_batch_size (memory)",
 }
+#: Model settings that only shape evaluation: ``epo validate|test --ckpt_path`` takes them from the command.
+EVALUATION_SETTINGS = ("val_temperature",)
 FORCED_CALLBACKS = {"entropy_history": "callbacks.EntropyHistory", "phase": "callbacks.PhaseScheduler"}
 #: What each callback slot controls, for ``--help``.
 SLOT_HELP = {
@@ -81,6 +83,35 @@ class EPOCLI(LightningCLI):
         )
 
     @override
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's model settings replace the command's, except the evaluation ones of validate and test.
+
+        Lightning rebuilds the model from the checkpoint's hyperparameters, and lets them win over the config and the
+        command line: the weights need their architecture, and a resumed run its objective. For ``epo validate`` and
+        ``epo test`` that silently dropped ``--model.init_args.val_temperature 0``; those settings
+        (``EVALUATION_SETTINGS``) now come from the command, and every other command setting the checkpoint replaces
+        is named in a warning.
+        """
+        subcommand = self.config.get("subcommand")
+        if subcommand not in ("validate", "test") or not self.config[subcommand].get("ckpt_path"):
+            return super()._parse_ckpt_path()
+        command = self.config[subcommand]["model"].clone()
+        super()._parse_ckpt_path()
+        model = self.config[subcommand]["model"]
+        if model.get("class_path") != command.get("class_path"):
+            return None
+        for key in EVALUATION_SETTINGS:
+            if key in command.init_args:
+                model.init_args[key] = command.init_args[key]
+        replaced = sorted(k for k, v in command.init_args.items() if k in model.init_args and model.init_args[k] != v)
+        if replaced:
+            rank_zero_warn(
+                f"epo {subcommand} --ckpt_path: the checkpoint's model settings replace the command's for "
+                f"{', '.join(replaced)} (only {', '.join(EVALUATION_SETTINGS)} follow the command)."
+            )
+        return None
+
+    @override
     def before_instantiate_classes(self) -> None:
         threads = (self.config[self.subcommand] if self.subcommand else self.config).get("torch_threads")
         if threads is not None:
@@ -104,11 +135,19 @@ class EPOCLI(LightningCLI):
 
     def before_validate(self) -> None:
         """Say when ``epo validate`` evaluates the untrained policy."""
+        self._place_checkpoints()
         self._warn_untrained()
 
     def before_test(self) -> None:
         """Say when ``epo test`` evaluates the untrained policy."""
+        self._place_checkpoints()
         self._warn_untrained()
+
+    def _place_checkpoints(self) -> None:
+        """Put every ``ModelCheckpoint`` without a ``dirpath`` in ``<default_root_dir>/checkpoints``."""
+        for callback in self.trainer.checkpoint_callbacks:
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
 
     def _warn_untrained(self) -> None:
         if not self.config[self.subcommand].get("ckpt_path"):
@@ -126,9 +165,7 @@ class EPOCLI(LightningCLI):
         (the paper's ``val_before_train``) is skipped when resuming.
         """
         config = self.config[self.subcommand]
-        for callback in self.trainer.checkpoint_callbacks:
-            if callback.dirpath is None:
-                callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
+        self._place_checkpoints()
         if config.get("ckpt_path") == "last":
             places = [c.dirpath for c in self.trainer.checkpoint_callbacks]
             if not any(glob.glob(os.path.join(place, "last*.ckpt")) for place in places):

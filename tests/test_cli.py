@@ -116,12 +116,23 @@ def test_bad_input_is_rejected_at_parse_time_with_the_option_named() -> None:
         cli_main([*FAST, "--model.init_args.loss.clip_low=1.5"], run=False)
 
 
-def test_fit_runs_end_to_end_and_validates_before_the_first_update(tmp_path, cache_dir) -> None:
-    cli = cli_main(["fit", *FAST, f"--trainer.default_root_dir={tmp_path}", *_tiny_test_preset(cache_dir)])
+def test_fit_runs_end_to_end_and_its_checkpoint_evaluates_with_the_commands_temperature(tmp_path, cache_dir) -> None:
+    run = [*FAST, f"--trainer.default_root_dir={tmp_path}", *_tiny_test_preset(cache_dir)]
+    cli = cli_main(["fit", *run])
     assert cli.trainer.current_epoch == 2
     assert cli.trainer.state.finished
     metrics = cli.trainer.callback_metrics
     assert "val/success_rate" in metrics and "loss/total" in metrics
+    trained_tokens = cli.model.hparams.max_new_tokens
+
+    ckpt = f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"
+    overrides = ["--model.init_args.val_temperature=0", f"--model.init_args.max_new_tokens={trained_tokens + 3}"]
+    with pytest.warns(UserWarning, match=r"replace the command's for max_new_tokens \(only val_temperature") as seen:
+        evaluated = cli_main(["validate", *run, ckpt, *overrides])
+    assert not [w for w in seen if "PhaseScheduler" in str(w.message) or "dirpath" in str(w.message)], seen.list
+    assert evaluated.model.hparams.val_temperature == 0.0  # Lightning alone kept the checkpoint's 0.4
+    assert evaluated.model.hparams.max_new_tokens == trained_tokens
+    assert "val/success_rate" in evaluated.trainer.callback_metrics
 
 
 def test_the_rollout_engine_is_hugging_face_generate_unless_the_yaml_names_another() -> None:

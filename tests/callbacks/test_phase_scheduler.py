@@ -75,6 +75,18 @@ def test_paper_table_values():
     assert PhaseScheduler(gamma=1.0, total_steps=10).get_beta(5) == pytest.approx(1 + math.exp(-1.0))
 
 
+def test_a_checkpoint_of_another_k_is_announced_when_training_but_not_when_evaluating():
+    import warnings
+
+    state = PhaseScheduler(total_steps=30).state_dict()
+    with pytest.warns(UserWarning, match="had K=30 but this run has K=60"):
+        PhaseScheduler(total_steps=60).load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PhaseScheduler().load_state_dict(state)  # epo validate|test: K unresolved, beta unused
+        PhaseScheduler(total_steps=30).load_state_dict(state)
+
+
 def test_paper_schedule_without_k_says_what_to_set():
     with pytest.raises(ValueError, match="set `total_steps` or `trainer.max_epochs`"):
         PhaseScheduler().get_beta(3)
