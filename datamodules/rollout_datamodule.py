@@ -34,7 +34,7 @@ from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.rollout_progress import rollout_progress
 from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
-from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
+from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
 from epo_lightning.types import Episode, TurnBatch
 
@@ -72,13 +72,16 @@ class RolloutDataModule(pl.LightningDataModule):
         group_size: environments per task (G, the GRPO group size).
         max_turns: turns per episode before truncation.
         history_length: previous (observation, action) pairs shown in the prompt.
-        micro_batch_size: turn rows per training micro-batch on one rank (one ``training_step``; bounds memory).
+        micro_batch_size: turn rows per training micro-batch on one rank (one ``training_step``; bounds memory). With
+            ``group_by_length`` a micro-batch of short rows may hold more rows, never more positions than
+            ``micro_batch_size`` rows of the update's longest.
         mini_batch_size: turn rows per optimizer update, summed over ranks (the paper's "mini-batch"; it sets the
             number of updates per RL step). None gives ``micro_batch_size x world size``: one micro-batch per rank
             per update.
         group_by_length: the micro-batches of one update hold rows of similar length (the update's rows sorted by
-            length before they are split), so far fewer padding positions are scored and trained. The update is
-            the same: its loss is the sum over its micro-batches with weights set over the whole update.
+            length and cut where the fewest padding positions result, ``split_least_padding``), so far fewer padding
+            positions are scored and trained. The update is the same: its loss is the sum over its micro-batches
+            with weights set over the whole update.
         reward_scale: multiplier of the environment's success reward (1 as in the paper, 10 as in the released code).
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
         val_tasks: tasks per validation split, one episode each, shared out over the ranks (each played once).
@@ -280,12 +283,13 @@ class RolloutDataModule(pl.LightningDataModule):
                 f"rank's last: {len(result.episodes)} episodes, {errors} environment errors). Check the environment "
                 "(data.env, data.env_kwargs) and data.env_timeout, or raise data.max_empty_steps."
             )
-        minis = split_balanced(rows, plan.num_updates)
         if self.group_by_length:
-            minis = [sorted(mini, key=lambda row: row.num_tokens) for mini in minis]
+            split = functools.partial(split_least_padding, length=lambda row: row.num_tokens)
+        else:
+            split = split_balanced
         updates = [
             [collate_rows(chunk or [filler_row(pad_id, k)], pad_id) for k, chunk in enumerate(micro)]
-            for micro in (split_balanced(mini, plan.micro_batches) for mini in minis)
+            for micro in (split(mini, plan.micro_batches) for mini in split_balanced(rows, plan.num_updates))
         ]
         with torch.no_grad():
             updates = [[policy.score_logprobs(batch) for batch in micro_batches] for micro_batches in updates]

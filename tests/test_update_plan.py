@@ -1,6 +1,6 @@
 import pytest
 
-from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced
+from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 
 
 def test_plan_counts_updates_over_all_ranks_and_micro_batches_from_the_fullest_rank():
@@ -22,6 +22,36 @@ def test_split_is_balanced_in_order_and_pads_with_empty_chunks():
     assert split_balanced([], 2) == [[], []]
     chunks = split_balanced(list(range(30)), 4)
     assert [len(c) for c in chunks] == [8, 8, 7, 7] and sum(chunks, []) == list(range(30))
+
+
+def _padding(chunks: list[list[int]]) -> int:
+    return sum(len(c) * max(c) - sum(c) for c in chunks if c)
+
+
+def test_least_padding_cut_sorts_and_cuts_where_the_fewest_positions_are_padding():
+    def identity(x: int) -> int:
+        return x
+
+    # balanced: [1, 1, 1] [1, 10, 10] pads 9 positions; the four short rows together pad none
+    assert split_least_padding([10, 1, 1, 10, 1, 1], 2, identity) == [[1, 1, 1, 1], [10, 10]]
+    # the memory bound: no chunk may hold more than 3 rows x 6 = 18 positions, so [5, 5, 5, 5] (20) is refused
+    assert split_least_padding([5, 5, 6, 5, 5, 5], 2, identity) == [[5, 5, 5], [5, 5, 6]]
+    assert split_least_padding([3, 2], 3, identity) == [[2], [3], []]  # fewer rows than parts: the balanced cut
+
+
+def test_least_padding_cut_never_pads_more_than_the_balanced_cut_nor_exceeds_its_memory():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20):
+        lengths = [rng.choice([30, 40, 60, 90, 300]) + rng.randrange(10) for _ in range(rng.randrange(9, 130))]
+        parts = rng.randrange(1, 9)
+        chunks = split_least_padding(lengths, parts, lambda x: x)
+        balanced = split_balanced(sorted(lengths), parts)
+        assert len(chunks) == parts and all(chunks) and sorted(sum(chunks, [])) == sorted(lengths)
+        assert _padding(chunks) <= _padding(balanced)
+        budget = max(len(c) for c in balanced) * max(lengths)
+        assert max(len(c) * max(c) for c in chunks) <= budget
 
 
 def _one_step(tmp_path, cache_dir, group_by_length):
