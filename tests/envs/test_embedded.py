@@ -111,3 +111,21 @@ def test_unknown_split_or_difficulty_says_what_is_allowed():
         EmbeddedTextEnv().reset(seed=0, options={"split": "test"})
     with pytest.raises(ValueError, match="difficulty must be one of"):
         EmbeddedTextEnv("nightmare").reset(seed=0)
+
+
+def test_the_history_one_view_is_enough_to_win_every_iid_task():
+    """benchmarks/embedded_ceiling.py: what the agent sees with history_length 1 suffices; random play rarely wins."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).parents[2] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        ceiling = runpy.run_path(str(benchmarks / "embedded_ceiling.py"))
+    finally:
+        sys.path.remove(str(benchmarks))
+    rate = ceiling["success_rate"]
+    assert rate("val_iid", "goal first, no walking back", tasks=64, max_turns=20) == 1.0
+    assert 0.7 < rate("val_iid", "goal first", tasks=64, max_turns=20) < 1.0
+    assert rate("val_iid", "random", tasks=64, max_turns=20) < 0.3
