@@ -78,14 +78,12 @@ def split_least_padding(items: Sequence[T], parts: int, length: Callable[[T], in
     n = len(ordered)
     if n <= parts:
         return split_balanced(ordered, parts)
-    lengths = np.array([length(item) for item in ordered], dtype=np.int64)
-    budget = math.ceil(n / parts) * int(lengths[-1])
+    lengths = np.array([length(item) for item in ordered], dtype=np.float64)  # exact: counts far below 2**53
+    budget = math.ceil(n / parts) * lengths[-1]
     ends = np.arange(n + 1)
     # cost[a, b]: positions of the chunk [a, b); infinite when empty, reversed or over the budget
-    cost = (ends[None, :] - ends[:, None]) * np.concatenate(([0], lengths))[None, :]
-    cost = np.where((ends[None, :] > ends[:, None]) & (cost <= budget), cost, np.iinfo(np.int64).max // 4).astype(
-        np.int64
-    )
+    cost = (ends[None, :] - ends[:, None]) * np.concatenate(([0.0], lengths))[None, :]
+    cost = np.where((ends[None, :] > ends[:, None]) & (cost <= budget), cost, np.inf)
     best = cost[0].copy()  # one chunk covering rows [0, b)
     starts = []
     for _ in range(parts - 1):
