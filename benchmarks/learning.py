@@ -58,6 +58,8 @@ ARMS = {
     "ppo_epo": ["--model.init_args.advantage=gae"],
     **{f"grpo_epo_lambda{v:g}": [f"--model.init_args.entropy_coef={v}"] for v in (5e-3, 2e-2, 5e-2)},
     **{f"grpo_epo_alpha{v:g}": [f"--model.init_args.loss.alpha={v}"] for v in (1e-3, 1e-2, 5e-2)},
+    # past Assumption A.4 (alpha * beta < 1): above the corridor the penalty outweighs the bonus and pushes entropy down
+    "grpo_epo_lambda0.02_alpha2": ["--model.init_args.entropy_coef=0.02", "--model.init_args.loss.alpha=2.0"],
 }
 #: the arms run when --only is not given (the sweep arms are run by name)
 MAIN_ARMS = ("grpo", "epo_base", "epo_base_null", "grpo_epo", "ppo", "ppo_epo")
