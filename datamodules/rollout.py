@@ -134,13 +134,16 @@ def collect_episodes(
         generation = policy.generate(prompts, evaluation=evaluation)
         responses = generation.token_ids
         logprobs = generation.logprobs or [None] * len(responses)
+        entropies = generation.entropies or [None] * len(responses)
         generated += sum(len(r) for r in responses)
         to_step = []
-        for i, prompt_ids, response_ids, response_logprobs in zip(active, prompts, responses, logprobs, strict=True):
+        for i, prompt_ids, response_ids, response_logprobs, response_entropies in zip(
+            active, prompts, responses, logprobs, entropies, strict=True
+        ):
             text = tokenizer.decode(response_ids, skip_special_tokens=True)
             parsed = parse_action(text, require_think=require_think)
             turn = Turn(prompt_ids, response_ids, text, parsed.action, False, states[i]["obs"], turn_index)
-            turn.response_logprobs = response_logprobs
+            turn.response_logprobs, turn.response_entropies = response_logprobs, response_entropies
             episodes[i].turns.append(turn)
             states[i]["history"].append((states[i]["obs"], parsed.action))
             if parsed.ok:

@@ -24,6 +24,7 @@ class TurnRow:
         step_reward: this turn's own reward, ``reward_scale * r_t`` minus its invalid penalty (GiGPO's step level).
         anchor_id: the same id for rows of one group that saw the same observation (GiGPO's anchor states).
         rollout_logprobs: the rollout engine's log-probs of ``response_ids``, when it reports them.
+        rollout_entropy: the entropy of each of ``response_ids``' distributions, when the engine reports it.
     """
 
     prompt_ids: list[int]
@@ -35,6 +36,7 @@ class TurnRow:
     step_reward: float
     anchor_id: int
     rollout_logprobs: list[float] | None = None
+    rollout_entropy: list[float] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -71,6 +73,7 @@ def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_p
                     step_reward=reward_scale * turn.reward - penalty,
                     anchor_id=anchor,
                     rollout_logprobs=turn.response_logprobs,
+                    rollout_entropy=turn.response_entropies,
                 )
             )
     return rows
@@ -91,15 +94,19 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.float32)
-    engine_reported = any(row.rollout_logprobs is not None for row in rows)
-    rollout_logprobs = torch.zeros((len(rows), width), dtype=torch.float32) if engine_reported else None
+    reported = {
+        name: torch.zeros((len(rows), width), dtype=torch.float32)
+        for name in ("rollout_logprobs", "rollout_entropy")
+        if any(getattr(row, name) is not None for row in rows)
+    }
     for b, row in enumerate(rows):
         n_prompt, n_total = len(row.prompt_ids), len(row.prompt_ids) + len(row.response_ids)
         input_ids[b, :n_total] = torch.tensor(row.prompt_ids + row.response_ids)
         attention_mask[b, :n_total] = 1
         response_mask[b, n_prompt:n_total] = 1.0
-        if rollout_logprobs is not None and row.rollout_logprobs:
-            rollout_logprobs[b, n_prompt:n_total] = torch.tensor(row.rollout_logprobs)
+        for name, values in reported.items():
+            if getattr(row, name):
+                values[b, n_prompt:n_total] = torch.tensor(getattr(row, name))
     return TurnBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -110,5 +117,5 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         anchor_index=torch.tensor([r.anchor_id for r in rows]),
         scores=torch.tensor([r.score for r in rows], dtype=torch.float32),
         step_rewards=torch.tensor([r.step_reward for r in rows], dtype=torch.float32),
-        rollout_logprobs=rollout_logprobs,
+        **reported,
     )

@@ -20,11 +20,11 @@ def _chunk_logprob_entropy(
     hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """Log-prob of ``targets`` and entropy for ``[N, H]`` hidden states: ``lse - logit`` and ``lse - E_p[logit]``."""
-    logprobs, entropy, _ = _logprob_entropy_lse(head(hidden).float() / temperature, targets)
+    logprobs, entropy, _ = logprob_entropy_lse(head(hidden).float() / temperature, targets)
     return logprobs, entropy
 
 
-def _logprob_entropy_lse(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def logprob_entropy_lse(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Log-prob of ``targets``, entropy and log-sum-exp of ``[N, V]`` (temperature-scaled) logits."""
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
@@ -47,7 +47,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, targets: Tensor, weight: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-        logprobs, entropy, lse = _logprob_entropy_lse(_logits(hidden, weight, temperature), targets)
+        logprobs, entropy, lse = logprob_entropy_lse(_logits(hidden, weight, temperature), targets)
         ctx.save_for_backward(hidden, targets, weight, lse, entropy)
         ctx.temperature = temperature
         return logprobs, entropy

@@ -52,6 +52,11 @@ from epo_lightning.types import Generation, TurnBatch
 from epo_lightning.update_weights import update_token_weights
 
 
+def _or_zeros(values: Tensor | None, like: Tensor) -> Tensor:
+    """``values``, or zeros shaped like ``like`` when there are none."""
+    return torch.zeros_like(like) if values is None else values
+
+
 def _full(tensor: Tensor) -> Tensor:
     """The whole value of a tensor that may be a sharded ``DTensor`` (FSDP2's gradient norm)."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
@@ -93,6 +98,11 @@ class EPOModule(pl.LightningModule):
             trainer's (verl's ``tis_imp_ratio_cap``, TRL's ``vllm_importance_sampling_cap``; 2 is their default):
             each token's policy-gradient term is weighted by ``min(pi_old / pi_engine, cap)``. None does not correct.
             Only for an engine that reports its log-probs (``VLLMEngine``).
+        old_logprobs: where the rollout policy's log-probs (the PPO ratio's pi_old) and token entropies come from:
+            ``recompute`` scores every row again with the trained model before the update (verl's default);
+            ``engine`` takes the ones the engine recorded while sampling and skips that forward pass (verl's bypass
+            mode). Exact for ``HFEngine(report_logprobs=true)``, which samples from the trained model itself;
+            an engine with its own kernels (vLLM) would make pi_old the engine's and cannot report entropies.
         advantage: ``grpo`` (group mean and std, paper Eq. 1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
             group baseline), ``gigpo`` (episode groups plus anchor-state step groups) or ``gae`` (PPO with
             a critic).
@@ -138,6 +148,7 @@ class EPOModule(pl.LightningModule):
         max_new_tokens: int = 8,
         rollout_engine: RolloutEngine | None = None,
         rollout_is_cap: float | None = None,
+        old_logprobs: Literal["recompute", "engine"] = "recompute",
         advantage: AdvantageEstimator = "grpo",
         grpo_statistics: Literal["trajectory", "row"] = "trajectory",
         gamma: float = 1.0,
@@ -180,6 +191,19 @@ class EPOModule(pl.LightningModule):
                 f"model.rollout_is_cap={rollout_is_cap} corrects the gap between the rollout engine's log-probs and "
                 "the trainer's: it must be > 0 (2 is verl's and TRL's default), and the engine must report its "
                 f"log-probs ({type(self.rollout_engine).__name__} does not: it is the trained model); or set it null."
+            )
+        engine = self.rollout_engine
+        if old_logprobs == "engine" and not (engine.reports_logprobs and engine.reports_entropy):
+            raise ConfigurationError(
+                f"model.old_logprobs=engine trains with the log-probs and entropies the rollout engine records while "
+                f"sampling, and {type(engine).__name__} does not report both. Use the Hugging Face engine "
+                "with them on (rollout_engine: {class_path: epo_lightning.rollout_engine.HFEngine, init_args: "
+                "{report_logprobs: true}}), or old_logprobs: recompute."
+            )
+        if old_logprobs == "engine" and rollout_is_cap is not None:
+            raise ConfigurationError(
+                "model.rollout_is_cap corrects the gap between the engine's log-probs and the trainer's, and with "
+                "old_logprobs=engine there is none (pi_old is the engine's): set rollout_is_cap null."
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora", "loss", "rollout_engine"])
         self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
@@ -394,7 +418,11 @@ class EPOModule(pl.LightningModule):
     def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
         """Fill the rollout policy's log-probs and entropy, the reference log-probs (KL) and the critic values (GAE)."""
         batch = batch.to(self.device)
-        batch.old_logprobs, batch.old_entropy = self._logprobs(self.actor, batch)
+        if self.hparams.old_logprobs == "engine":  # a rank's filler-only micro-batch has no engine values: zeros
+            batch.old_logprobs = _or_zeros(batch.rollout_logprobs, batch.response_mask)
+            batch.old_entropy = _or_zeros(batch.rollout_entropy, batch.response_mask)
+        else:
+            batch.old_logprobs, batch.old_entropy = self._logprobs(self.actor, batch)
         if self.reference is not None:
             batch.ref_logprobs, _ = self._logprobs(self.reference, batch)
         elif self.lora is not None and self.loss_config.kl_coef > 0:
@@ -419,7 +447,7 @@ class EPOModule(pl.LightningModule):
         for batch in batches:
             self.rollout_entropy.update(batch.old_entropy[batch.response_mask.bool()])
             self.rollout_turn_entropy.update(batch.old_entropy, batch.response_mask, batch.turn_index)
-            if self.rollout_engine.reports_logprobs:  # every rank updates (a rank may hold filler rows only)
+            if self._measures_logprob_gap:  # every rank updates (a rank may hold filler rows only)
                 engine = batch.old_logprobs if batch.rollout_logprobs is None else batch.rollout_logprobs
                 gap = (batch.old_logprobs - engine)[batch.response_mask.bool()].abs()
                 self.logprob_gap.update(gap)
@@ -459,6 +487,11 @@ class EPOModule(pl.LightningModule):
                 if value_weights is not None:
                     batch.value_weights = value_weights[u][j].to(batch.response_mask.device)
                 batch.update_end = j == len(micro_batches) - 1
+
+    @property
+    def _measures_logprob_gap(self) -> bool:
+        """The engine reports log-probs and the trainer scores the rows itself: their gap is worth logging."""
+        return self.rollout_engine.reports_logprobs and self.hparams.old_logprobs == "recompute"
 
     def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over the ranks (itself in one process), on the device it came from."""
@@ -649,7 +682,7 @@ class EPOModule(pl.LightningModule):
         for name, metric in self.rollout_metrics.items():
             if metric.update_called:
                 values[name] = float(metric.compute())
-        if self.rollout_engine.reports_logprobs:
+        if self._measures_logprob_gap:
             values["rollout/logprob_gap"] = float(self.logprob_gap.compute())
             values["rollout/logprob_gap_max"] = float(self.logprob_gap_max.compute())
         turns = self.train_turn_entropy.compute()[: self.hparams.max_logged_turns]

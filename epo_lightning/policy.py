@@ -18,6 +18,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -96,12 +98,16 @@ def generate_responses(
     prompts: Sequence[Sequence[int]],
     temperature: float,
     max_new_tokens: int,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[list[int]]:
     """Sample one response per prompt in a single left-padded batch with KV cache.
 
     Sampling uses ``sampling_config``: the full softmax at ``temperature``, the same distribution the training forward
     scores, so the PPO ratio starts at exactly 1. The checkpoint's ``generation_config`` is set aside while sampling
     (``generate`` would otherwise fill every setting left at its default, such as a repetition penalty, from it).
+
+    ``logits_processor`` is called on every step's logits before sampling; it must return them unchanged (it may
+    record them, as ``SampledTokenScores`` does).
 
     Returns:
         The generated ids of each prompt, cut after the first end-of-turn token (kept: the policy chose it).
@@ -119,7 +125,11 @@ def generate_responses(
     holder = base_model(model)  # under PEFT, generate reads the wrapped model's config
     checkpoint_config, holder.generation_config = holder.generation_config, config
     try:
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            logits_processor=LogitsProcessorList([logits_processor] if logits_processor is not None else []),
+        )
     finally:
         holder.generation_config = checkpoint_config
     ends = set(config.eos_token_id)

@@ -4,7 +4,9 @@ An engine takes prompt token ids and returns the sampled ids (``Generation``), d
 policy's logits at the given temperature: the distribution training scores (docs/algorithm.md 8). Two engines ship:
 
 - ``HFEngine`` (the default): Hugging Face ``generate`` on the trained model itself. It is the reference: nothing to
-  keep in sync, and the PPO ratio of the first update starts at exactly 1.
+  keep in sync, and the PPO ratio of the first update starts at exactly 1. With ``report_logprobs: true`` it also
+  reports each sampled token's log-prob and entropy, which ``model.init_args.old_logprobs: engine`` trains with
+  instead of scoring the rows again.
 - ``epo_lightning.vllm_engine.VLLMEngine``: an in-process vLLM engine, much faster on GPUs, holding its own copy of
   the weights. The module marks it stale after every optimizer update and it reloads the weights before the next
   rollout.
@@ -21,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from epo_lightning.policy import generate_responses
+from epo_lightning.sampled_token_scores import SampledTokenScores
 from epo_lightning.types import Generation
 
 
@@ -30,6 +33,9 @@ class RolloutEngine(ABC):
     #: The engine returns its own log-probs of the sampled tokens (``Generation.logprobs``). The module then logs the
     #: engine-versus-trainer gap (``rollout/logprob_gap``) and can correct it (``model.rollout_is_cap``).
     reports_logprobs: bool = False
+    #: The engine also returns the entropy of each sampled token's distribution (``Generation.entropies``): with its
+    #: log-probs, all that ``model.init_args.old_logprobs: engine`` needs of the rollout policy.
+    reports_entropy: bool = False
 
     @abstractmethod
     def generate(
@@ -56,7 +62,17 @@ class RolloutEngine(ABC):
 
 
 class HFEngine(RolloutEngine):
-    """Hugging Face ``generate`` on the trained model: one left-padded batch per turn with a KV cache."""
+    """Hugging Face ``generate`` on the trained model: one left-padded batch per turn with a KV cache.
+
+    Args:
+        report_logprobs: also record each sampled token's log-prob and entropy while decoding
+            (``SampledTokenScores``: one log-softmax of the vocabulary per generated token). Needed by
+            ``old_logprobs: engine``; on its own it logs ``rollout/logprob_gap``, the decoding-versus-scoring
+            difference (float rounding only, for this engine).
+    """
+
+    def __init__(self, report_logprobs: bool = False) -> None:
+        self.reports_logprobs = self.reports_entropy = report_logprobs
 
     def generate(
         self,
@@ -66,8 +82,15 @@ class HFEngine(RolloutEngine):
         temperature: float,
         max_new_tokens: int,
     ) -> Generation:
-        """Sample with ``policy.generate`` (``epo_lightning.policy.generate_responses``)."""
-        return Generation(generate_responses(policy, tokenizer, prompts, temperature, max_new_tokens))
+        """Sample with ``policy.generate`` (``epo_lightning.policy.generate_responses``).
+
+        Greedy decoding (evaluation only) reports no log-probs.
+        """
+        scores = SampledTokenScores(temperature) if self.reports_logprobs and temperature > 0 else None
+        ids = generate_responses(policy, tokenizer, prompts, temperature, max_new_tokens, logits_processor=scores)
+        if scores is None:
+            return Generation(ids)
+        return Generation(ids, *scores.per_response(ids))
 
     def load_weights(self, policy: nn.Module) -> None:
         """Nothing to load: the engine samples from the trained model itself."""

@@ -15,11 +15,14 @@ class Generation:
     Attributes:
         token_ids: the sampled ids of each prompt, up to and including its end-of-turn token.
         logprobs: the engine's log-prob of each sampled id under ``softmax(logits / temperature)``, or None when the
-            engine does not report them (the Hugging Face engine: it is the trained model itself).
+            engine does not report them.
+        entropies: the entropy of the distribution each sampled id was drawn from, or None when the engine does not
+            report them.
     """
 
     token_ids: list[list[int]]
     logprobs: list[list[float]] | None = None
+    entropies: list[list[float]] | None = None
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Turn:
         turn_index: 0-based position of the turn in its episode.
         reward: the environment reward of this step.
         response_logprobs: the rollout engine's log-prob of each response token (None if it reports none).
+        response_entropies: the entropy of each response token's distribution (None if the engine reports none).
     """
 
     prompt_ids: list[int]
@@ -47,6 +51,7 @@ class Turn:
     turn_index: int
     reward: float = 0.0
     response_logprobs: list[float] | None = None
+    response_entropies: list[float] | None = None
 
 
 @dataclass
@@ -97,9 +102,10 @@ class TurnBatch:
         advantages: ``[B]`` per-row advantage broadcast to the row's tokens, or ``[B, L]`` per token (GAE).
         rollout_logprobs: ``[B, L]`` the rollout engine's own log-probs of the response tokens (0 elsewhere), when
             it reports them (vLLM): compared with ``old_logprobs`` (``rollout/logprob_gap``) and used by the
-            truncated importance-sampling correction.
+            truncated importance-sampling correction; with ``old_logprobs: engine`` they are ``old_logprobs``.
+        rollout_entropy: ``[B, L]`` the engine's entropy at the response tokens (0 elsewhere), when it reports it.
         old_logprobs: ``[B, L]`` log-probs of the rollout policy at response positions (0 elsewhere), scored by the
-            trained model.
+            trained model (the engine's ``rollout_logprobs`` with ``old_logprobs: engine``).
         old_entropy: ``[B, L]`` token entropy of the rollout policy at response positions.
         ref_logprobs: ``[B, L]`` log-probs of the frozen reference policy, when a KL term is used.
         old_values: ``[B, L]`` critic values at response positions before the update (PPO with GAE).
@@ -120,6 +126,7 @@ class TurnBatch:
     scores: Tensor
     step_rewards: Tensor
     rollout_logprobs: Tensor | None = None
+    rollout_entropy: Tensor | None = None
     advantages: Tensor | None = None
     old_logprobs: Tensor | None = None
     old_entropy: Tensor | None = None

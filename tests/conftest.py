@@ -69,15 +69,21 @@ EASY_DATA = dict(
 )
 
 
-def trainer_logprobs(model, prompts, responses, temperature: float) -> list[torch.Tensor]:
-    """What the trainer scores for each prompt's response: the log-probs of the response tokens, row by row."""
+def trainer_scores(model, prompts, responses, temperature: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """What the trainer scores for each prompt's response: the response tokens' log-probs and entropies, row by row."""
     from datamodules.turn_rows import TurnRow, collate_rows
     from epo_lightning.logprobs import response_logprobs_and_entropy
 
     rows = [TurnRow(list(p), list(r), 0.0, 0, 0, 0, 0.0, 0) for p, r in zip(prompts, responses, strict=True)]
     batch = collate_rows(rows, pad_id=0)
     with torch.no_grad():
-        logprobs, _ = response_logprobs_and_entropy(
+        logprobs, entropy = response_logprobs_and_entropy(
             model, batch.input_ids, batch.attention_mask, batch.response_mask, temperature
         )
-    return [logprobs[b][batch.response_mask[b].bool()] for b in range(len(rows))]
+    masks = [batch.response_mask[b].bool() for b in range(len(rows))]
+    return [logprobs[b][m] for b, m in enumerate(masks)], [entropy[b][m] for b, m in enumerate(masks)]
+
+
+def trainer_logprobs(model, prompts, responses, temperature: float) -> list[torch.Tensor]:
+    """What the trainer scores for each prompt's response: the log-probs of the response tokens, row by row."""
+    return trainer_scores(model, prompts, responses, temperature)[0]

@@ -20,6 +20,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
+from epo_lightning.rollout_engine import HFEngine
 from tests.conftest import TEST_PRESET, VLLM_PRESET
 
 
@@ -69,7 +70,9 @@ def main() -> None:
     parser.add_argument("--save_checkpoint", default=None)
     parser.add_argument("--export", default=None, help="ExportPolicy's directory")
     parser.add_argument("--advantage", default="grpo", help="gae trains a critic too")
-    parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="the rollout engine")
+    parser.add_argument(
+        "--engine", default="hf", choices=["hf", "hf_scored", "vllm"], help="hf_scored: train on HF's recorded scores"
+    )
     parser.add_argument("--monitoring", action="store_true", help="TensorBoard with histograms, transcripts, plots")
     args = parser.parse_args()
     strategy = args.strategy
@@ -87,14 +90,15 @@ def main() -> None:
         micro_batch_size=4,
         mini_batch_size=48,
     )
-    engine = None
+    engine = HFEngine(report_logprobs=True) if args.engine == "hf_scored" else None
     if args.engine == "vllm":
         from epo_lightning.vllm_engine import VLLMEngine
 
         engine = VLLMEngine(enforce_eager=True, kv_cache_gb=1)
     module = EPOModule(
-        tiny=VLLM_PRESET if engine else TEST_PRESET,
+        tiny=VLLM_PRESET if args.engine == "vllm" else TEST_PRESET,
         rollout_engine=engine,
+        old_logprobs="engine" if args.engine == "hf_scored" else "recompute",
         cache_dir=str(args.cache),
         loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
         advantage=args.advantage,

@@ -13,6 +13,7 @@ from epo_lightning.module import EPOModule
 from epo_lightning.types import TurnBatch
 from epo_lightning.update_weights import update_token_weights
 from tests.conftest import make_trainer
+from tests.distributed.launch import torchrun
 
 
 def test_uneven_ranks_run_the_same_micro_batches_train_every_row_once_and_stay_identical(ddp_run):
@@ -29,6 +30,20 @@ def test_uneven_ranks_run_the_same_micro_batches_train_every_row_once_and_stay_i
         for name, value in rank0["params"][step].items():
             assert torch.equal(value, rank1["params"][step][name]), (step, name)
     assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["params"][-1].items())
+
+
+def test_training_on_the_engines_recorded_scores_matches_recomputed_ones_on_two_ranks(ddp_run, tmp_path):
+    (rank0, _), cache = ddp_run
+    scored = torchrun(tmp_path / "out", cache, "--steps", "3", "--engine", "hf_scored")
+    assert any(float(b["response_mask"].sum()) == 0 for b in scored[1]["batches"])  # filler batches: no engine values
+    for batch in scored[0]["batches"] + scored[1]["batches"]:  # pi_old is what the engine recorded, zeros for fillers
+        recorded = batch["rollout_logprobs"]
+        expected = torch.zeros(batch["response_mask"].shape) if recorded is None else recorded
+        assert torch.equal(batch["old_logprobs"], expected)
+    for step in range(3):
+        for name, value in scored[0]["params"][step].items():
+            assert torch.equal(value, scored[1]["params"][step][name]), (step, name)
+            torch.testing.assert_close(value, rank0["params"][step][name], rtol=0, atol=1e-5)
 
 
 def _pool(first: dict, second: dict, pad_id: int) -> TurnBatch:
