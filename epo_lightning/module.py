@@ -101,8 +101,9 @@ class EPOModule(pl.LightningModule):
         old_logprobs: where the rollout policy's log-probs (the PPO ratio's pi_old) and token entropies come from:
             ``recompute`` scores every row again with the trained model before the update (verl's default);
             ``engine`` takes the ones the engine recorded while sampling and skips that forward pass (verl's bypass
-            mode). Exact for ``HFEngine(report_logprobs=true)``, which samples from the trained model itself;
-            an engine with its own kernels (vLLM) would make pi_old the engine's and cannot report entropies.
+            mode), exact for ``HFEngine(report_logprobs=true)``, which samples from the trained model itself (an
+            engine with its own kernels, vLLM, reports no entropies); ``auto`` is ``engine`` when the engine reports
+            both, else ``recompute``.
         advantage: ``grpo`` (group mean and std, paper Eq. 1), ``grpo_mean`` (mean only), ``rloo`` (leave-one-out
             group baseline), ``gigpo`` (episode groups plus anchor-state step groups) or ``gae`` (PPO with
             a critic).
@@ -148,7 +149,7 @@ class EPOModule(pl.LightningModule):
         max_new_tokens: int = 8,
         rollout_engine: RolloutEngine | None = None,
         rollout_is_cap: float | None = None,
-        old_logprobs: Literal["recompute", "engine"] = "recompute",
+        old_logprobs: Literal["auto", "recompute", "engine"] = "auto",
         advantage: AdvantageEstimator = "grpo",
         grpo_statistics: Literal["trajectory", "row"] = "trajectory",
         gamma: float = 1.0,
@@ -200,10 +201,15 @@ class EPOModule(pl.LightningModule):
                 "with them on (rollout_engine: {class_path: epo_lightning.rollout_engine.HFEngine, init_args: "
                 "{report_logprobs: true}}), or old_logprobs: recompute."
             )
-        if old_logprobs == "engine" and rollout_is_cap is not None:
+        #: pi_old and the rollout entropy are the engine's (no scoring forward of the trained policy)
+        self.uses_engine_scores = old_logprobs == "engine" or (
+            old_logprobs == "auto" and engine.reports_logprobs and engine.reports_entropy
+        )
+        if self.uses_engine_scores and rollout_is_cap is not None:
             raise ConfigurationError(
-                "model.rollout_is_cap corrects the gap between the engine's log-probs and the trainer's, and with "
-                "old_logprobs=engine there is none (pi_old is the engine's): set rollout_is_cap null."
+                f"model.rollout_is_cap corrects the gap between the engine's log-probs and the trainer's, and with "
+                f"old_logprobs={old_logprobs} and {type(engine).__name__}(report_logprobs=true) there is none (pi_old "
+                "is the engine's): set rollout_is_cap null, or old_logprobs: recompute."
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora", "loss", "rollout_engine"])
         self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
@@ -418,7 +424,7 @@ class EPOModule(pl.LightningModule):
     def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
         """Fill the rollout policy's log-probs and entropy, the reference log-probs (KL) and the critic values (GAE)."""
         batch = batch.to(self.device)
-        if self.hparams.old_logprobs == "engine":  # a rank's filler-only micro-batch has no engine values: zeros
+        if self.uses_engine_scores:  # a rank's filler-only micro-batch has no engine values: zeros
             batch.old_logprobs = _or_zeros(batch.rollout_logprobs, batch.response_mask)
             batch.old_entropy = _or_zeros(batch.rollout_entropy, batch.response_mask)
         else:
@@ -491,7 +497,7 @@ class EPOModule(pl.LightningModule):
     @property
     def _measures_logprob_gap(self) -> bool:
         """The engine reports log-probs and the trainer scores the rows itself: their gap is worth logging."""
-        return self.rollout_engine.reports_logprobs and self.hparams.old_logprobs == "recompute"
+        return self.rollout_engine.reports_logprobs and not self.uses_engine_scores
 
     def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over the ranks (itself in one process), on the device it came from."""

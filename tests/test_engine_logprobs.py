@@ -87,9 +87,13 @@ def test_training_on_the_engines_scores_skips_the_scoring_pass_and_trains_the_sa
     assert moved > 5e-3  # the two steps moved weights by 50x the tolerance (1.1e-2 here; Adam spreads the rounding)
 
 
-def test_engine_log_probs_need_an_engine_that_records_them_and_no_gap_correction():
+def test_engine_scores_need_an_engine_that_records_them_and_auto_uses_them_when_it_does():
     with pytest.raises(ConfigurationError, match="report_logprobs: true"):
         EPOModule(old_logprobs="engine")
-    with pytest.raises(ConfigurationError, match="set rollout_is_cap null"):
-        EPOModule(old_logprobs="engine", rollout_engine=HFEngine(report_logprobs=True), rollout_is_cap=2.0)
-    assert EPOModule(rollout_engine=HFEngine(report_logprobs=True), rollout_is_cap=2.0).hparams.rollout_is_cap == 2.0
+    recording = HFEngine(report_logprobs=True)
+    assert not EPOModule().uses_engine_scores  # the default engine records nothing: recompute
+    assert EPOModule(rollout_engine=recording).uses_engine_scores  # auto
+    assert not EPOModule(rollout_engine=recording, old_logprobs="recompute").uses_engine_scores
+    with pytest.raises(ConfigurationError, match="set rollout_is_cap null"):  # no gap left to correct
+        EPOModule(rollout_engine=recording, rollout_is_cap=2.0)
+    assert EPOModule(rollout_engine=recording, old_logprobs="recompute", rollout_is_cap=2.0).hparams.rollout_is_cap == 2
