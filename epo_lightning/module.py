@@ -187,30 +187,11 @@ class EPOModule(pl.LightningModule):
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
         self.rollout_engine = rollout_engine or HFEngine()
-        if rollout_is_cap is not None and (rollout_is_cap <= 0 or not self.rollout_engine.reports_logprobs):
-            raise ConfigurationError(
-                f"model.rollout_is_cap={rollout_is_cap} corrects the gap between the rollout engine's log-probs and "
-                "the trainer's: it must be > 0 (2 is verl's and TRL's default), and the engine must report its "
-                f"log-probs ({type(self.rollout_engine).__name__} does not: it is the trained model); or set it null."
-            )
         engine = self.rollout_engine
-        if old_logprobs == "engine" and not (engine.reports_logprobs and engine.reports_entropy):
-            raise ConfigurationError(
-                f"model.old_logprobs=engine trains with the log-probs and entropies the rollout engine records while "
-                f"sampling, and {type(engine).__name__} does not report both. Use the Hugging Face engine "
-                "with them on (rollout_engine: {class_path: epo_lightning.rollout_engine.HFEngine, init_args: "
-                "{report_logprobs: true}}), or old_logprobs: recompute."
-            )
         #: pi_old and the rollout entropy are the engine's (no scoring forward of the trained policy)
         self.uses_engine_scores = old_logprobs == "engine" or (
             old_logprobs == "auto" and engine.reports_logprobs and engine.reports_entropy
         )
-        if self.uses_engine_scores and rollout_is_cap is not None:
-            raise ConfigurationError(
-                f"model.rollout_is_cap corrects the gap between the engine's log-probs and the trainer's, and with "
-                f"old_logprobs={old_logprobs} and {type(engine).__name__}(report_logprobs=true) there is none (pi_old "
-                "is the engine's): set rollout_is_cap null, or old_logprobs: recompute."
-            )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tiny", "lora", "loss", "rollout_engine"])
         self.tiny = TinyPreset(**tiny) if isinstance(tiny, dict) else (tiny or TinyPreset())  # a dict from a checkpoint
         self.hparams["tiny"] = asdict(self.tiny)  # plain types only: checkpoints load with weights_only=True
@@ -264,6 +245,8 @@ class EPOModule(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._check_engine_settings()
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its writes atomic
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         source = self._rollout_source()
@@ -278,6 +261,33 @@ class EPOModule(pl.LightningModule):
             raise RuntimeError(
                 "model.policy='tiny' builds its tokenizer and format prior from the environment: train with a "
                 "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
+            )
+
+    def _check_engine_settings(self) -> None:
+        """Refuse engine settings that cannot train, before the first rollout.
+
+        Checked when fitting, not at construction: the engine is not saved with the hyperparameters, so a checkpoint
+        loaded for evaluation or export (``load_from_checkpoint``) is rebuilt with the default engine.
+        """
+        engine, cap, source = self.rollout_engine, self.hparams.rollout_is_cap, self.hparams.old_logprobs
+        if cap is not None and (cap <= 0 or not engine.reports_logprobs):
+            raise ConfigurationError(
+                f"model.rollout_is_cap={cap} corrects the gap between the rollout engine's log-probs and the "
+                "trainer's: it must be > 0 (2 is verl's and TRL's default), and the engine must report its log-probs "
+                f"({type(engine).__name__} does not: it is the trained model); or set it null."
+            )
+        if source == "engine" and not (engine.reports_logprobs and engine.reports_entropy):
+            raise ConfigurationError(
+                f"model.old_logprobs=engine trains with the log-probs and entropies the rollout engine records while "
+                f"sampling, and {type(engine).__name__} does not report both. Use the Hugging Face engine with them on "
+                "(rollout_engine: {class_path: epo_lightning.rollout_engine.HFEngine, init_args: {report_logprobs: "
+                "true}}), or old_logprobs: recompute."
+            )
+        if self.uses_engine_scores and cap is not None:
+            raise ConfigurationError(
+                f"model.rollout_is_cap corrects the gap between the engine's log-probs and the trainer's, and with "
+                f"old_logprobs={source} and {type(engine).__name__}(report_logprobs=true) there is none (pi_old is the "
+                "engine's): set rollout_is_cap null, or old_logprobs: recompute."
             )
 
     @override

@@ -71,6 +71,7 @@ def test_training_on_the_engines_scores_skips_the_scoring_pass_and_trains_the_sa
         trainer = make_trainer(tmp_path / mode, max_epochs=2, limit_val_batches=0)
         trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
         runs[mode] = module, dict(trainer.callback_metrics)
+        trainer.save_checkpoint(tmp_path / f"{mode}.ckpt")
     (recomputed, logged), (engine, engine_logged) = runs["recompute"], runs["engine"]
     assert recomputed.actor_passes > 0 and engine.actor_passes == 0
     assert logged["rollout/logprob_gap_max"] < 1e-5  # decoding and scoring differ by float rounding only
@@ -85,15 +86,22 @@ def test_training_on_the_engines_scores_skips_the_scoring_pass_and_trains_the_sa
         torch.testing.assert_close(other, param, rtol=0, atol=1e-4)
         moved = max(moved, float((param - initial.get_parameter(name)).abs().max()))
     assert moved > 5e-3  # the two steps moved weights by 50x the tolerance (1.1e-2 here; Adam spreads the rounding)
+    # the engine is not saved with the hyperparameters: the checkpoint loads (for export) with the default engine
+    loaded = EPOModule.load_from_checkpoint(tmp_path / "engine.ckpt", map_location="cpu", weights_only=False)
+    assert loaded.hparams.old_logprobs == "engine" and not loaded.rollout_engine.reports_logprobs
+    for param, trained in zip(loaded.model.parameters(), engine.model.parameters(), strict=True):
+        assert torch.equal(param, trained)
 
 
-def test_engine_scores_need_an_engine_that_records_them_and_auto_uses_them_when_it_does():
-    with pytest.raises(ConfigurationError, match="report_logprobs: true"):
-        EPOModule(old_logprobs="engine")
+def _refused_at_fit_start(module: EPOModule, root, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        make_trainer(root, max_epochs=1).fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+
+
+def test_engine_scores_need_an_engine_that_records_them_and_auto_uses_them_when_it_does(tmp_path):
     recording = HFEngine(report_logprobs=True)
     assert not EPOModule().uses_engine_scores  # the default engine records nothing: recompute
     assert EPOModule(rollout_engine=recording).uses_engine_scores  # auto
     assert not EPOModule(rollout_engine=recording, old_logprobs="recompute").uses_engine_scores
-    with pytest.raises(ConfigurationError, match="set rollout_is_cap null"):  # no gap left to correct
-        EPOModule(rollout_engine=recording, rollout_is_cap=2.0)
-    assert EPOModule(rollout_engine=recording, old_logprobs="recompute", rollout_is_cap=2.0).hparams.rollout_is_cap == 2
+    _refused_at_fit_start(EPOModule(old_logprobs="engine"), tmp_path, "report_logprobs: true")
+    _refused_at_fit_start(EPOModule(rollout_engine=recording, rollout_is_cap=2.0), tmp_path, "set rollout_is_cap null")

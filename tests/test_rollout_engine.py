@@ -81,9 +81,10 @@ def test_truncated_importance_weights_scale_the_policy_gradient_term_only():
     assert corrected.item() == pytest.approx((pg * weights).mean().item(), rel=1e-6)
 
 
-def test_a_cap_without_an_engine_that_reports_log_probs_is_refused():
+def test_a_cap_without_an_engine_that_reports_log_probs_is_refused_when_fitting(tmp_path):
+    trainer, module = make_trainer(tmp_path, max_epochs=1), EPOModule(rollout_is_cap=2.0)
     with pytest.raises(ConfigurationError, match="HFEngine does not"):
-        EPOModule(rollout_is_cap=2.0)
+        trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
