@@ -6,8 +6,9 @@ Two settings of the quickstart (``configs/quickstart.yaml``: tiny policy, format
 ``--repeats`` times in one process, each trained for ``--steps`` RL steps with the real Trainer, EntropyHistory and
 PhaseScheduler (no validation):
 
-- ``recompute`` (the default): after the rollout, a no-grad forward of the trained policy scores every row's
-  log-probs and entropies (pi_old and the entropy ``EntropyHistory`` records), besides the KL reference's;
+- ``recompute`` (the library default; the quickstart records): after the rollout, a no-grad forward of the
+  trained policy scores every row's log-probs and entropies (pi_old and the entropy ``EntropyHistory`` records),
+  besides the KL reference's;
 - ``engine``: ``HFEngine(report_logprobs=True)`` records them while sampling (one log-softmax of the vocabulary per
   generated token) and ``old_logprobs: engine`` trains with those, so that forward is skipped.
 
@@ -29,7 +30,7 @@ from scaling import run_point  # benchmarks/scaling.py
 from epo_lightning.rollout_engine import HFEngine
 
 MODES = {
-    "recompute": lambda: {},
+    "recompute": lambda: {"rollout_engine": HFEngine(), "old_logprobs": "recompute"},
     "engine": lambda: {"rollout_engine": HFEngine(report_logprobs=True), "old_logprobs": "engine"},
 }
 PARTS = ("wall", "rollout", "score + plan", "update")

@@ -25,7 +25,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
 from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
-from train import bare_trainer  # benchmarks/train.py
+from train import bare_trainer, module_settings  # benchmarks/train.py
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
@@ -73,11 +73,10 @@ class StepClock(Callback):
 
 def run_point(model_args: dict, data_args: dict, steps: int, cache: str) -> list[dict[str, float]]:
     """Train ``steps`` RL steps at one setting; the per-step records of steps 1 and later."""
-    settings = {k: v for k, v in model_args.items() if k not in ("optimizer", "lr_scheduler")}  # AdamW, no schedule
     clock = StepClock()
     trainer = bare_trainer(steps, [EntropyHistory(), PhaseScheduler(total_steps=steps), clock])
     torch.manual_seed(0)
-    trainer.fit(EPOModule(**settings, cache_dir=cache), datamodule=RolloutDataModule(**data_args))
+    trainer.fit(EPOModule(**module_settings(model_args), cache_dir=cache), datamodule=RolloutDataModule(**data_args))
     return clock.steps[1:]
 
 

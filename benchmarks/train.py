@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import statistics
 import time
 from dataclasses import replace
@@ -61,10 +62,20 @@ def quickstart() -> tuple[dict, dict]:
     return config["model"]["init_args"], config["data"]["init_args"]
 
 
+def module_settings(model_args: dict) -> dict:
+    """A config's model settings as ``EPOModule`` arguments: AdamW without a schedule, and the rollout engine built
+    from its ``class_path`` (what LightningCLI does with the YAML)."""
+    settings = {k: v for k, v in model_args.items() if k not in ("optimizer", "lr_scheduler")}
+    engine = settings.get("rollout_engine")
+    if isinstance(engine, dict):
+        module, _, name = engine["class_path"].rpartition(".")
+        settings["rollout_engine"] = getattr(importlib.import_module(module), name)(**engine.get("init_args", {}))
+    return settings
+
+
 def record_step(cache: str) -> tuple[EPOModule, list]:
     model_args, data_args = quickstart()
-    settings = {k: v for k, v in model_args.items() if k not in ("optimizer", "lr_scheduler")}  # AdamW, no schedule
-    module = EPOModule(**settings, cache_dir=cache)
+    module = EPOModule(**module_settings(model_args), cache_dir=cache)
     recorder = Recorder()
     bare_trainer(1, [recorder]).fit(module, datamodule=RolloutDataModule(**{**data_args, "val_tasks": 0}))
     return module, recorder.batches
