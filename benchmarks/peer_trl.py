@@ -1,7 +1,7 @@
 """The framework against a peer: TRL's ``GRPOTrainer`` on the same policy, prompts and budget, single-turn, on CPU.
 
 pip install trl        (not a dependency of the project)
-python benchmarks/peer_trl.py [--policy tiny|smollm2-135m] [--steps 5] [--repeats 2]
+python benchmarks/peer_trl.py [--policy tiny|smollm2-135m] [--engine hf|vllm] [--steps 5] [--repeats 2]
 
 TRL's ``GRPOTrainer`` trains on prompt -> completion pairs and has no multi-turn environment loop, so both sides run
 single-turn RL steps, alternating, in one process:
@@ -17,6 +17,15 @@ single-turn RL steps, alternating, in one process:
   seeded random reward per completion (rewards do not change the work done, but must differ within a group so
   that the advantages and gradients are not all zero).
 
+``--engine vllm`` (in the vLLM environment, README "Fast rollouts with vLLM") samples with vLLM on both sides: the
+framework's ``VLLMEngine`` and TRL's colocated engine (``use_vllm=True, vllm_mode="colocate"``), each run in a process
+of its own (an in-process vLLM engine holds process-wide state: its process group, its compiled graphs), the sides
+alternating. TRL as released, with one change: its colocated weight sync (``model.load_weights`` on vLLM's model,
+parameter by parameter) fails on vLLM's CPU build, whose linear layers keep no ``weight_loader`` after loading, so on
+CPU it is replaced by the call ``VLLMEngine`` makes (``collective_rpc("reload_weights")``). TRL passes vLLM no dtype,
+and vLLM's ``auto`` casts a float32 model to bfloat16 on CPU: TRL samples in bfloat16 (printed below) while the
+framework samples in the policy's float32.
+
 Reported: seconds per RL step (median over the steps after the first, and its range over repeats), completion tokens
 and trained positions (prompt + completion tokens) per step, and both per second.
 """
@@ -25,11 +34,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import torch
 import yaml
@@ -40,6 +54,8 @@ from train import bare_trainer  # benchmarks/train.py
 
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
+from epo_lightning.policy import save_policy
+from epo_lightning.rollout_engine import HFEngine
 
 #: policy -> (tasks, samples per task, new tokens, micro-batch rows, learning rate) per RL step
 SETTINGS = {"tiny": (8, 8, 8, 16, 3e-4), "smollm2-135m": (2, 4, 16, 2, 2e-6)}
@@ -57,14 +73,23 @@ class PromptRecorder(Callback):
             self.prompts += [row[keep].tolist() for row, keep in zip(batch.input_ids, prompt, strict=True)]
 
 
-def framework(policy: str, steps: int, cache: str, recorder: Callback | None = None) -> tuple[list[dict], EPOModule]:
+def framework(
+    policy: str, steps: int, cache: str, recorder: Callback | None = None, engine: str = "hf"
+) -> tuple[list[dict], EPOModule]:
     """Single-turn plain GRPO steps with the framework; per-step records after the first, and the module."""
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     tasks, samples, new_tokens, micro, lr = SETTINGS[policy]
+    if engine == "vllm":
+        from epo_lightning.vllm_engine import VLLMEngine
+
+        rollout_engine = VLLMEngine()
+    else:
+        rollout_engine = HFEngine()
     module = EPOModule(
         policy=policy,
         tiny=config["model"]["init_args"]["tiny"],
         cache_dir=cache,
+        rollout_engine=rollout_engine,
         advantage="grpo",
         max_new_tokens=new_tokens,
         entropy_coef=0.0,
@@ -87,11 +112,20 @@ def framework(policy: str, steps: int, cache: str, recorder: Callback | None = N
     return clock.steps[1:], module
 
 
-def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int) -> list[dict]:
+def sync_weights_on_cpu(self) -> None:
+    """TRL's colocated weight sync, through vLLM's ``reload_weights`` (its own per-parameter ``load_weights`` fails on
+    vLLM's CPU build); ``self`` is TRL's ``VLLMGeneration``."""
+    with torch.inference_mode():
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._iter_named_params()})
+    self.llm.reset_prefix_cache()
+
+
+def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int, engine: str = "hf") -> list[dict]:
     """The same budget with TRL's GRPOTrainer, from the framework's initial policy; per-step records after the first."""
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+    from trl.generation.vllm_generation import VLLMGeneration
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
@@ -110,7 +144,13 @@ def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int) ->
     rewards = random.Random(0)
     prompt_tokens = statistics.fmean(len(tokenizer(p)["input_ids"]) for p in prompts)
     clock = Clock()
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as saved:
+        if engine == "vllm":  # TRL starts vLLM from the model's directory
+            save_policy(module.model, tokenizer, Path(saved))
+            model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+        else:
+            model = copy.deepcopy(module.model)
+        vllm = {"use_vllm": True, "vllm_mode": "colocate"} if engine == "vllm" else {}
         config = GRPOConfig(
             output_dir=out,
             per_device_train_batch_size=micro,
@@ -129,16 +169,21 @@ def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int) ->
             logging_steps=1,
             save_strategy="no",
             seed=0,
+            **vllm,
         )
         trainer = GRPOTrainer(
-            model=copy.deepcopy(module.model),
+            model=model,
             reward_funcs=[lambda completions, **kwargs: [rewards.random() for _ in completions]],
             args=config,
             train_dataset=Dataset.from_dict({"prompt": prompts * steps * samples}),
             processing_class=tokenizer,
             callbacks=[clock],
         )
-        trainer.train()
+        cpu_fix = engine == "vllm" and not torch.cuda.is_available()
+        with mock.patch.object(VLLMGeneration, "sync_weights", sync_weights_on_cpu) if cpu_fix else nullcontext():
+            trainer.train()
+        if engine == "vllm":
+            print(f"TRL's vLLM samples in {trainer.vllm_generation.llm.llm_engine.model_config.dtype}", file=sys.stderr)
     records = []
     for k in range(1, len(clock.ends) - 1):
         generated = clock.lengths[k] * tasks * samples if k < len(clock.lengths) else float("nan")
@@ -152,31 +197,57 @@ def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int) ->
     return records
 
 
+SIDES = ("epo-lightning", "TRL GRPOTrainer")
+
+
+def run_side(side: str, args: argparse.Namespace, source: str, prompts: list[str]) -> list[dict]:
+    """One run of one side: its per-step records after the first."""
+    if side == "epo-lightning":
+        return framework(args.policy, args.steps, args.cache, engine=args.engine)[0]
+    initial = EPOModule(policy=source, cache_dir=args.cache)  # the untrained policy
+    initial.configure_model()
+    return trl_steps(args.policy, initial, prompts, args.steps, args.engine)
+
+
+def run_side_in_process(side: str, args: argparse.Namespace, source: str, prompts: list[str]) -> list[dict]:
+    """``run_side`` in a fresh process of this script (a vLLM engine holds process-wide state)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        inputs, result = Path(scratch) / "inputs.json", Path(scratch) / "result.json"
+        inputs.write_text(json.dumps({"side": side, "source": source, "prompts": prompts}))
+        command = [sys.executable, __file__, "--policy", args.policy, "--engine", args.engine]
+        command += ["--steps", str(args.steps), "--cache", args.cache, "--side-inputs", str(inputs), "--side-result"]
+        subprocess.run([*command, str(result)], check=True)
+        return json.loads(result.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policy", choices=sorted(SETTINGS), default="tiny")
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what samples, on both sides")
     parser.add_argument("--steps", type=int, default=5, help="RL steps per run (the first is not reported)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache", default=str(Path("~/.cache/epo_lightning").expanduser()))
+    parser.add_argument("--side-inputs", help=argparse.SUPPRESS)  # internal: one side's run in its own process
+    parser.add_argument("--side-result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.side_inputs:
+        inputs = json.loads(Path(args.side_inputs).read_text())
+        records = run_side(inputs["side"], args, inputs["source"], inputs["prompts"])
+        Path(args.side_result).write_text(json.dumps(records))
+        return
     recorder = PromptRecorder()
     tasks, samples, new_tokens = SETTINGS[args.policy][:3]
-    _, module = framework(
-        args.policy, 2, args.cache, recorder
-    )  # builds or loads the policy; records the first-turn prompts
-    initial = EPOModule(policy=module._policy_source, cache_dir=args.cache)  # the untrained policy, for TRL
-    initial.configure_model()
+    _, module = framework(args.policy, 2, args.cache, recorder)  # builds or loads the policy; records the prompts
+    source = module._policy_source
     prompts = sorted({module.tokenizer.decode(ids) for ids in recorder.prompts})[:tasks]  # with the chat template
-    results: dict[str, list[tuple[float, float, float]]] = {"epo-lightning": [], "TRL GRPOTrainer": []}
+    results: dict[str, list[tuple[float, float, float]]] = {side: [] for side in SIDES}
     for _ in range(args.repeats):
-        for name in results:
-            if name == "epo-lightning":
-                steps = framework(args.policy, args.steps, args.cache)[0]
-            else:
-                steps = trl_steps(args.policy, initial, prompts, args.steps)
+        for side in SIDES:
+            run = run_side_in_process if args.engine == "vllm" else run_side
+            steps = run(side, args, source, prompts)
             wall = statistics.median(s["wall"] for s in steps)
-            results[name].append(
+            results[side].append(
                 (
                     wall,
                     statistics.median(s["generated"] for s in steps),
@@ -184,21 +255,25 @@ def main() -> None:
                 )
             )
     print(
-        f"command: python benchmarks/peer_trl.py --policy {args.policy} --steps {args.steps} --repeats {args.repeats}"
+        f"command: python benchmarks/peer_trl.py --policy {args.policy} --engine {args.engine} --steps {args.steps} "
+        f"--repeats {args.repeats}"
     )
     print(f"machine: {describe()}")
     import trl
 
-    print(f"TRL {trl.__version__}; single-turn RL steps of {tasks} x {samples} completions <= {new_tokens} tokens\n")
+    print(
+        f"TRL {trl.__version__}; single-turn RL steps of {tasks} x {samples} completions <= {new_tokens} tokens, "
+        f"sampled by {'vLLM' if args.engine == 'vllm' else 'Hugging Face generate'}\n"
+    )
     print(
         "| side | s per RL step, median (range over repeats) | completion tokens | trained positions "
         "| completion tokens/s | positions/s |\n|---|---|---|---|---|---|"
     )
-    for name, runs in results.items():
+    for side, runs in results.items():
         walls = [r[0] for r in runs]
         wall, generated, positions = (statistics.median(r[i] for r in runs) for i in range(3))
         print(
-            f"| {name} | {wall:.2f} ({min(walls):.2f}-{max(walls):.2f}) | {generated:.0f} | {positions:.0f} "
+            f"| {side} | {wall:.2f} ({min(walls):.2f}-{max(walls):.2f}) | {generated:.0f} | {positions:.0f} "
             f"| {generated / wall:.0f} | {positions / wall:.0f} |"
         )
 
