@@ -125,7 +125,6 @@ def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int, en
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from trl.generation.vllm_generation import VLLMGeneration
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
@@ -179,8 +178,12 @@ def trl_steps(policy: str, module: EPOModule, prompts: list[str], steps: int, en
             processing_class=tokenizer,
             callbacks=[clock],
         )
-        cpu_fix = engine == "vllm" and not torch.cuda.is_available()
-        with mock.patch.object(VLLMGeneration, "sync_weights", sync_weights_on_cpu) if cpu_fix else nullcontext():
+        sync_fix = nullcontext()
+        if engine == "vllm" and not torch.cuda.is_available():
+            from trl.generation.vllm_generation import VLLMGeneration
+
+            sync_fix = mock.patch.object(VLLMGeneration, "sync_weights", sync_weights_on_cpu)
+        with sync_fix:
             trainer.train()
         if engine == "vllm":
             print(f"TRL's vLLM samples in {trainer.vllm_generation.llm.llm_engine.model_config.dtype}", file=sys.stderr)
@@ -209,7 +212,7 @@ def run_side(side: str, args: argparse.Namespace, source: str, prompts: list[str
     return trl_steps(args.policy, initial, prompts, args.steps, args.engine)
 
 
-def run_side_in_process(side: str, args: argparse.Namespace, source: str, prompts: list[str]) -> list[dict]:
+def run_side_in_subprocess(side: str, args: argparse.Namespace, source: str, prompts: list[str]) -> list[dict]:
     """``run_side`` in a fresh process of this script (a vLLM engine holds process-wide state)."""
     with tempfile.TemporaryDirectory() as scratch:
         inputs, result = Path(scratch) / "inputs.json", Path(scratch) / "result.json"
@@ -244,7 +247,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float, float]]] = {side: [] for side in SIDES}
     for _ in range(args.repeats):
         for side in SIDES:
-            run = run_side_in_process if args.engine == "vllm" else run_side
+            run = run_side_in_subprocess if args.engine == "vllm" else run_side
             steps = run(side, args, source, prompts)
             wall = statistics.median(s["wall"] for s in steps)
             results[side].append(
