@@ -3,7 +3,8 @@
 pip install trl        (not a dependency of the project)
 python benchmarks/peer_trl.py [--policy tiny|smollm2-135m] [--engine hf|vllm] [--steps 5] [--repeats 2]
 
-TRL's ``GRPOTrainer`` trains on prompt -> completion pairs and has no multi-turn environment loop, so both sides run
+TRL's ``GRPOTrainer`` trains on prompt -> completion pairs; its experimental multi-turn path (``environment_factory``:
+environment methods called as tools inside one growing completion) needs a tool-calling policy, so both sides run
 single-turn RL steps, alternating, in one process:
 
 - policy: the quickstart's tiny policy (``configs/quickstart.yaml``, its cached format prior) or SmolLM2-135M-Instruct
