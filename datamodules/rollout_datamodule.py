@@ -33,7 +33,7 @@ from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.rollout_progress import rollout_progress
-from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row
+from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row, group_identical
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
 from epo_lightning.types import Episode, TurnBatch
@@ -284,12 +284,16 @@ class RolloutDataModule(pl.LightningDataModule):
                 "(data.env, data.env_kwargs) and data.env_timeout, or raise data.max_empty_steps."
             )
         if self.group_by_length:
-            split = functools.partial(split_least_padding, length=lambda row: row.num_tokens)
+            split = functools.partial(split_least_padding, length=lambda same: same[0].num_tokens)
         else:
             split = split_balanced
+        # identical rows of an update share a micro-batch, where the model runs once for all of them
         updates = [
-            [collate_rows(chunk or [filler_row(pad_id, k)], pad_id) for k, chunk in enumerate(micro)]
-            for micro in (split(mini, plan.micro_batches) for mini in split_balanced(rows, plan.num_updates))
+            [
+                collate_rows([row for same in chunk for row in same] or [filler_row(pad_id, k)], pad_id)
+                for k, chunk in enumerate(split(group_identical(mini), plan.micro_batches))
+            ]
+            for mini in split_balanced(rows, plan.num_updates)
         ]
         with torch.no_grad():
             updates = [[policy.score_logprobs(batch) for batch in micro_batches] for micro_batches in updates]
@@ -374,7 +378,8 @@ def rollout_counts(
 ) -> dict[str, float]:
     """This rank's raw counts of one collection (``epo_lightning.rollout_metrics.ROLLOUT_COUNTS``).
 
-    ``batches`` are the micro-batches trained on: their positions and how many of them are padding.
+    ``batches`` are the micro-batches trained on: the positions the model runs on (one copy of identical rows), how
+    many of them are padding, and how many distinct rows with a response there are.
 
     The ``rollout/*`` rates are formed from them after summing over ranks, so every episode of the run weighs the same.
     """
@@ -392,8 +397,9 @@ def rollout_counts(
         "rows": float(num_rows),
         "generated_tokens": float(result.generated_tokens),
         "seconds": result.seconds,
-        "positions": float(sum(batch.attention_mask.numel() for batch in batches)),
-        "padded_positions": float(sum((batch.attention_mask == 0).sum() for batch in batches)),
+        "positions": float(sum(batch.distinct_inputs()[1].numel() for batch in batches)),
+        "padded_positions": float(sum((batch.distinct_inputs()[1] == 0).sum() for batch in batches)),
+        "distinct_rows": float(sum((batch.distinct_inputs()[2].sum(-1) > 0).sum() for batch in batches)),
     }
 
 

@@ -79,6 +79,23 @@ def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_p
     return rows
 
 
+def row_key(row: TurnRow) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What makes two rows identical to a model: the same prompt ids and the same response ids."""
+    return tuple(row.prompt_ids), tuple(row.response_ids)
+
+
+def group_identical(rows: Sequence[TurnRow]) -> list[list[TurnRow]]:
+    """The rows, with identical ones (``row_key``) gathered into one list, in order of first appearance.
+
+    A group whose policy is sure of its move plays it in many of its episodes: in the quickstart about half of an RL
+    step's rows repeat another row, and within one optimizer update about a tenth (docs/results/train_step.md).
+    """
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[TurnRow]] = {}
+    for row in rows:
+        groups.setdefault(row_key(row), []).append(row)
+    return list(groups.values())
+
+
 def filler_row(pad_id: int, index: int) -> TurnRow:
     """A row with no response token, for a micro-batch a rank has no rows left for (``datamodules.update_plan``).
 
@@ -89,7 +106,10 @@ def filler_row(pad_id: int, index: int) -> TurnRow:
 
 
 def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
-    """Right-pad rows into a ``TurnBatch`` whose ``input_ids`` are exactly prompt + generated response ids."""
+    """Right-pad rows into a ``TurnBatch`` whose ``input_ids`` are exactly prompt + generated response ids.
+
+    Identical rows are marked (``TurnBatch.distinct_rows``), so that a model runs once per distinct row.
+    """
     width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -99,6 +119,15 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         for name in ("rollout_logprobs", "rollout_entropy")
         if any(getattr(row, name) is not None for row in rows)
     }
+    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    distinct_rows, distinct_index = [], []
+    for b, row in enumerate(rows):
+        distinct_index.append(first.setdefault(row_key(row), len(first)))
+        if distinct_index[-1] == len(distinct_rows):
+            distinct_rows.append(b)
+    distinct = {}
+    if len(distinct_rows) < len(rows):
+        distinct = {"distinct_rows": torch.tensor(distinct_rows), "distinct_index": torch.tensor(distinct_index)}
     for b, row in enumerate(rows):
         n_prompt, n_total = len(row.prompt_ids), len(row.prompt_ids) + len(row.response_ids)
         input_ids[b, :n_total] = torch.tensor(row.prompt_ids + row.response_ids)
@@ -118,4 +147,5 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         scores=torch.tensor([r.score for r in rows], dtype=torch.float32),
         step_rewards=torch.tensor([r.step_reward for r in rows], dtype=torch.float32),
         **reported,
+        **distinct,
     )

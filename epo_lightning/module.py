@@ -445,7 +445,7 @@ class EPOModule(pl.LightningModule):
             with adapters_disabled(self.model):  # the base model, without a copy of its weights
                 batch.ref_logprobs, _ = self._logprobs(self.actor, batch)
         if self.critic is not None:
-            batch.old_values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
+            batch.old_values = batch.to_rows(self.critic(*batch.distinct_inputs()))
         return batch
 
     @torch.no_grad()
@@ -517,14 +517,12 @@ class EPOModule(pl.LightningModule):
         return trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").to(tensor.device)
 
     def _logprobs(self, scorer: ResponseScorer, batch: TurnBatch) -> tuple[Tensor, Tensor]:
-        """Log-probs and entropy of the response tokens under ``scorer`` at the training temperature."""
-        return scorer(
-            batch.input_ids,
-            batch.attention_mask,
-            batch.response_mask,
-            self.hparams.temperature,
-            self.hparams.logprob_chunk_size,
-        )
+        """Log-probs and entropy of the response tokens under ``scorer`` at the training temperature.
+
+        The scorer runs once per distinct row; identical rows share its outputs (``TurnBatch.distinct_inputs``).
+        """
+        logprobs, entropy = scorer(*batch.distinct_inputs(), self.hparams.temperature, self.hparams.logprob_chunk_size)
+        return batch.to_rows(logprobs), batch.to_rows(entropy)
 
     # ------------------------------------------------------------------ training
     @override
@@ -577,7 +575,7 @@ class EPOModule(pl.LightningModule):
         if self.loss_config.erc_low is not None:
             fractions["ppo/erc_clip_frac"] = stats.erc_clip_frac
         if self.critic is not None:
-            values = self.critic(batch.input_ids, batch.attention_mask, batch.response_mask)
+            values = batch.to_rows(self.critic(*batch.distinct_inputs()))
             value_weights = batch.value_weights
             if value_weights is None:
                 value_weights = update_token_weights([[batch]], "token_mean")[0][0].to(self.device)

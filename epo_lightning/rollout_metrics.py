@@ -30,6 +30,7 @@ ROLLOUT_COUNTS = (
     "seconds",
     "positions",
     "padded_positions",
+    "distinct_rows",
 )
 
 #: rate metric -> (numerator count, denominator count)
@@ -40,6 +41,7 @@ _RATES = {
     "rollout/truncated_frac": ("truncated", "episodes"),
     "rollout/valid_action_ratio": ("valid_turns", "turns"),
     "train/padding_frac": ("padded_positions", "positions"),
+    "train/distinct_row_frac": ("distinct_rows", "rows"),
 }
 #: summed metric -> count
 _SUMS = {"rollout/env_errors": "env_errors", "rollout/env_restarts": "env_restarts", "rollout/turn_samples": "rows"}

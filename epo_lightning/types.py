@@ -114,6 +114,9 @@ class TurnBatch:
             (``epo_lightning.update_weights``); None aggregates the micro-batch on its own.
         value_weights: ``[B, L]`` the same for the critic's value loss, whose aggregation is always the token mean.
         update_end: this is the last micro-batch of its optimizer update: the optimizer steps after it.
+        distinct_rows: ``[U]`` one row of each set of identical rows (same prompt and response ids), the only rows a
+            model runs on, or None when every row is distinct.
+        distinct_index: ``[B]`` the position in ``distinct_rows`` of each row's copy.
     """
 
     input_ids: Tensor
@@ -136,6 +139,8 @@ class TurnBatch:
     loss_weights: Tensor | None = None
     value_weights: Tensor | None = None
     update_end: bool = True
+    distinct_rows: Tensor | None = None
+    distinct_index: Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -144,3 +149,19 @@ class TurnBatch:
         """Return a copy with every tensor on ``device`` (Lightning calls this through ``transfer_batch_to_device``)."""
         moved = {name: (value.to(device) if isinstance(value, Tensor) else value) for name, value in vars(self).items()}
         return TurnBatch(**moved)
+
+    def distinct_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``input_ids``, ``attention_mask`` and ``response_mask`` of the distinct rows, what a model needs to run.
+
+        Identical rows get identical log-probs, entropies and values, so a model runs once per distinct row and
+        ``to_rows`` copies its outputs to the duplicates; autograd sums the duplicates' gradients through that copy,
+        so the loss and its gradient are those of running every row (docs/results/train_step.md, "Identical rows").
+        """
+        if self.distinct_rows is None:
+            return self.input_ids, self.attention_mask, self.response_mask
+        rows = self.distinct_rows
+        return self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows]
+
+    def to_rows(self, values: Tensor) -> Tensor:
+        """Outputs ``[U, ...]`` of ``distinct_inputs`` as ``[B, ...]``, one per row."""
+        return values if self.distinct_index is None else values[self.distinct_index]

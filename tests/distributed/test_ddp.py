@@ -51,8 +51,8 @@ def _pool(first: dict, second: dict, pad_id: int) -> TurnBatch:
     width = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
     fields = {}
     for name, value in first.items():
-        if not isinstance(value, torch.Tensor):
-            continue
+        if not isinstance(value, torch.Tensor) or name.startswith("distinct_"):
+            continue  # the pooled batch runs every row: sharing identical rows' forward changes no result
         other = second[name]
         if name == "traj_index":
             other = torch.where(other >= 0, other + 10_000, other - 10_000)
