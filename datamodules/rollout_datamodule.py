@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import torch
+from torch import Tensor
 from typing_extensions import override
 
 from datamodules.env_pool import EnvPool
@@ -33,10 +34,10 @@ from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
 from datamodules.rollout_progress import rollout_progress
-from datamodules.turn_rows import collate_rows, episodes_to_rows, filler_row, group_identical
+from datamodules.turn_rows import TurnRow, collate_rows, episodes_to_rows, filler_row, group_identical
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
-from epo_lightning.types import Episode, TurnBatch
+from epo_lightning.types import SCORED_FIELDS, Episode, TurnBatch
 
 VAL_SPLITS = ("val_iid", "val_ood")
 #: Test tasks use seeds from here on, disjoint from the validation tasks' 0 .. val_tasks - 1.
@@ -274,7 +275,8 @@ class RolloutDataModule(pl.LightningDataModule):
         rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty)
         rng.shuffle(rows)
         pad_id = policy.tokenizer.pad_token_id
-        plan, total_rows = self._plan(len(rows), policy)
+        identical = group_identical(rows)
+        plan, total_rows = self._plan(len(rows), len(identical), policy)
         self._empty_steps = 0 if total_rows else self._empty_steps + 1
         if self._empty_steps >= self.max_empty_steps:  # the same on every rank: the count is global
             errors = sum(e.env_error for e in result.episodes)
@@ -287,16 +289,17 @@ class RolloutDataModule(pl.LightningDataModule):
             split = functools.partial(split_least_padding, length=lambda same: same[0].num_tokens)
         else:
             split = split_balanced
-        # identical rows of an update share a micro-batch, where the model runs once for all of them
-        updates = [
-            [
-                collate_rows([row for same in chunk for row in same] or [filler_row(pad_id, k)], pad_id)
-                for k, chunk in enumerate(split(group_identical(mini), plan.micro_batches))
-            ]
-            for mini in split_balanced(rows, plan.num_updates)
-        ]
         with torch.no_grad():
-            updates = [[policy.score_logprobs(batch) for batch in micro_batches] for micro_batches in updates]
+            scored = score_once(policy, split(identical, plan.scoring_batches), pad_id)
+            # identical rows of an update share a micro-batch, where the model runs once for all of them
+            updates = [
+                [
+                    collate_rows([row for same in chunk for row in same] or [filler_row(pad_id, k, scored)], pad_id)
+                    for k, chunk in enumerate(split(group_identical(mini), plan.micro_batches))
+                ]
+                for mini in split_balanced(rows, plan.num_updates)
+            ]
+            updates = [[batch.to(policy.device) for batch in micro_batches] for micro_batches in updates]
             # over the whole step: group baselines and whitening span every batch (and, for GAE, every rank)
             policy.assign_advantages([batch for micro_batches in updates for batch in micro_batches])
             policy.assign_loss_weights(updates)
@@ -306,11 +309,12 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_step = step + 1
         return Batches(batches)
 
-    def _plan(self, num_rows: int, policy: TrainingPolicy) -> tuple[UpdatePlan, int]:
-        """The update plan of this step and the rows of all ranks (every rank's count is exchanged once)."""
-        counts = self.trainer.strategy.all_gather(torch.tensor([num_rows], device=policy.device)).reshape(-1).tolist()
+    def _plan(self, num_rows: int, num_distinct: int, policy: TrainingPolicy) -> tuple[UpdatePlan, int]:
+        """The update plan of this step and the rows of all ranks (every rank's counts are exchanged once)."""
+        local = torch.tensor([num_rows, num_distinct], device=policy.device)
+        rows, distinct = self.trainer.strategy.all_gather(local).reshape(-1, 2).T.tolist()
         mini_batch_size = self.mini_batch_size or self.micro_batch_size * self.trainer.world_size
-        return plan_updates(counts, mini_batch_size, self.micro_batch_size), sum(counts)
+        return plan_updates(rows, mini_batch_size, self.micro_batch_size, distinct), sum(rows)
 
     @override
     def val_dataloader(self) -> Batches[dict[str, Any]]:
@@ -366,6 +370,28 @@ class RolloutDataModule(pl.LightningDataModule):
                 )
         finally:
             policy.train(was_training)
+
+
+def score_once(policy: TrainingPolicy, chunks: Sequence[Sequence[list[TurnRow]]], pad_id: int) -> tuple[str, ...]:
+    """Score each set of identical rows once (``policy.score_logprobs``) and give every copy the result (``scored``).
+
+    ``chunks`` are the scoring micro-batches, each a list of sets of identical rows; an empty one (this rank has
+    fewer distinct rows than another) scores a filler row, so every rank runs the same forwards. Every copy trains
+    with the first copy's scores, the engine's recorded ones included (copies differ only by float rounding).
+
+    Returns:
+        The ``TurnBatch`` fields the scoring filled.
+    """
+    fields: dict[str, Tensor] = {}
+    for k, chunk in enumerate(chunks):
+        firsts = [same[0] for same in chunk] or [filler_row(pad_id, k)]
+        batch = policy.score_logprobs(collate_rows(firsts, pad_id))
+        fields = {name: getattr(batch, name).cpu() for name in SCORED_FIELDS if getattr(batch, name) is not None}
+        for b, same in enumerate(chunk):
+            scored = {name: value[b, : same[0].num_tokens] for name, value in fields.items()}
+            for row in same:
+                row.scored = scored
+    return tuple(fields)
 
 
 def hash_seed(*parts: Any) -> int:

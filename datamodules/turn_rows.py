@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,8 @@ class TurnRow:
         anchor_id: the same id for rows of one group that saw the same observation (GiGPO's anchor states).
         rollout_logprobs: the rollout engine's log-probs of ``response_ids``, when it reports them.
         rollout_entropy: the entropy of each of ``response_ids``' distributions, when the engine reports it.
+        scored: what the policy's scoring said of the row (``TurnBatch`` field name -> values at every position of
+            prompt + response): pi_old's log-probs and entropy, the reference's log-probs, the critic's values.
     """
 
     prompt_ids: list[int]
@@ -37,6 +39,7 @@ class TurnRow:
     anchor_id: int
     rollout_logprobs: list[float] | None = None
     rollout_entropy: list[float] | None = None
+    scored: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -96,13 +99,16 @@ def group_identical(rows: Sequence[TurnRow]) -> list[list[TurnRow]]:
     return list(groups.values())
 
 
-def filler_row(pad_id: int, index: int) -> TurnRow:
+def filler_row(pad_id: int, index: int, scored_fields: Sequence[str] = ()) -> TurnRow:
     """A row with no response token, for a micro-batch a rank has no rows left for (``datamodules.update_plan``).
 
     It is trained on with weight 0 and is its own group and trajectory (negative ids never collide with real ones),
     so it adds nothing to any advantage, metric or gradient; it only lets the rank join the update's collectives.
+    ``scored_fields`` are given zeros, as the step's scored rows have them.
     """
-    return TurnRow([pad_id], [], 0.0, -1 - index, -1 - index, 0, 0.0, -1 - index)
+    row = TurnRow([pad_id], [], 0.0, -1 - index, -1 - index, 0, 0.0, -1 - index)
+    row.scored = {name: torch.zeros(1) for name in scored_fields}
+    return row
 
 
 def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
@@ -128,6 +134,7 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
     distinct = {}
     if len(distinct_rows) < len(rows):
         distinct = {"distinct_rows": torch.tensor(distinct_rows), "distinct_index": torch.tensor(distinct_index)}
+    scored = {name: torch.zeros((len(rows), width), dtype=torch.float32) for row in rows for name in row.scored}
     for b, row in enumerate(rows):
         n_prompt, n_total = len(row.prompt_ids), len(row.prompt_ids) + len(row.response_ids)
         input_ids[b, :n_total] = torch.tensor(row.prompt_ids + row.response_ids)
@@ -136,6 +143,8 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         for name, values in reported.items():
             if getattr(row, name):
                 values[b, n_prompt:n_total] = torch.tensor(getattr(row, name))
+        for name, values in row.scored.items():
+            scored[name][b, :n_total] = values
     return TurnBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -147,5 +156,6 @@ def collate_rows(rows: Sequence[TurnRow], pad_id: int) -> TurnBatch:
         scores=torch.tensor([r.score for r in rows], dtype=torch.float32),
         step_rewards=torch.tensor([r.step_reward for r in rows], dtype=torch.float32),
         **reported,
+        **scored,
         **distinct,
     )

@@ -10,7 +10,12 @@ same plan from them:
     m = max over ranks r of ceil(ceil(n_r / U) / micro_batch_size)   micro-batches per update on every rank
 
 Each rank splits its own (shuffled) rows into U balanced mini-batches and each of those into m balanced micro-batches,
-so every row is trained exactly once per RL step. A rank with fewer rows than micro-batches fills the gap with empty
+so every row is trained exactly once per RL step. Before the updates, the models that score the rows without a
+gradient (pi_old when recomputed, the KL reference, the critic) run once per distinct row of the step (identical rows
+are common: a group whose policy is sure of its move plays it in many episodes), in
+
+    S = max over ranks r of ceil(d_r / micro_batch_size)   scoring micro-batches on every rank (d_r: r's distinct rows)
+ A rank with fewer rows than micro-batches fills the gap with empty
 micro-batches that carry no response token (``filler_row``): they join the collectives and add nothing to the update.
 """
 
@@ -33,25 +38,35 @@ class UpdatePlan:
     Attributes:
         num_updates: optimizer updates in the step (PPO mini-batches), U.
         micro_batches: micro-batches per update on every rank, m.
+        scoring_batches: no-gradient scoring micro-batches of the step's distinct rows on every rank, S.
     """
 
     num_updates: int
     micro_batches: int
+    scoring_batches: int
 
 
-def plan_updates(rank_rows: Sequence[int], mini_batch_size: int, micro_batch_size: int) -> UpdatePlan:
+def plan_updates(
+    rank_rows: Sequence[int],
+    mini_batch_size: int,
+    micro_batch_size: int,
+    rank_distinct_rows: Sequence[int] | None = None,
+) -> UpdatePlan:
     """The update plan for ranks holding ``rank_rows`` rows each (see the module docstring).
 
     Args:
         rank_rows: the number of turn rows of every rank, in rank order.
         mini_batch_size: rows per optimizer update, summed over ranks.
         micro_batch_size: rows per micro-batch on one rank.
+        rank_distinct_rows: how many of each rank's rows are distinct (all of them when None).
     """
     if mini_batch_size < 1 or micro_batch_size < 1:
         raise ValueError(f"mini- and micro-batch sizes must be >= 1, got {mini_batch_size} and {micro_batch_size}.")
     num_updates = max(1, math.ceil(sum(rank_rows) / mini_batch_size))
     micro = max(math.ceil(math.ceil(n / num_updates) / micro_batch_size) for n in rank_rows)
-    return UpdatePlan(num_updates=num_updates, micro_batches=max(1, micro))
+    distinct = rank_rows if rank_distinct_rows is None else rank_distinct_rows
+    scoring = max(math.ceil(d / micro_batch_size) for d in distinct)
+    return UpdatePlan(num_updates=num_updates, micro_batches=max(1, micro), scoring_batches=max(1, scoring))
 
 
 def split_balanced(items: Sequence[T], parts: int) -> list[list[T]]:

@@ -43,7 +43,11 @@ class TrainingPolicy(RolloutPolicy, Protocol):
         """Evaluation mode (``nn.Module.eval``)."""
 
     def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
-        """Fill the rollout policy's log-probs and entropy (and the reference's and the critic's values)."""
+        """Fill the rollout policy's log-probs and entropy (and the reference's and the critic's values).
+
+        Called once per RL step on micro-batches of the step's distinct rows, the same number on every rank; every
+        copy of a row trains with what its scoring filled (``epo_lightning.types.SCORED_FIELDS``).
+        """
 
     def assign_advantages(self, batches: Sequence[TurnBatch]) -> None:
         """Set the advantages of one RL step's scored micro-batches, over all of them (and all ranks)."""

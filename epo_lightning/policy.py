@@ -103,7 +103,7 @@ def generate_responses(
     """Sample one response per prompt in a single left-padded batch with KV cache.
 
     Sampling uses ``sampling_config``: the full softmax at ``temperature``, the same distribution the training forward
-    scores, so the PPO ratio starts at exactly 1. The checkpoint's ``generation_config`` is set aside while sampling
+    scores, so the PPO ratio starts at 1. The checkpoint's ``generation_config`` is set aside while sampling
     (``generate`` would otherwise fill every setting left at its default, such as a repetition penalty, from it).
 
     ``logits_processor`` is called on every step's logits before sampling; it must return them unchanged (it may

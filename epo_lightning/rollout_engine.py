@@ -4,9 +4,9 @@ An engine takes prompt token ids and returns the sampled ids (``Generation``), d
 policy's logits at the given temperature: the distribution training scores (docs/algorithm.md 8). Two engines ship:
 
 - ``HFEngine`` (the default): Hugging Face ``generate`` on the trained model itself. It is the reference: nothing to
-  keep in sync, and the PPO ratio of the first update starts at exactly 1. With ``report_logprobs: true`` it also
-  reports each sampled token's log-prob and entropy, which ``model.init_args.old_logprobs: engine`` trains with
-  instead of scoring the rows again.
+  keep in sync, and the PPO ratio of the first update starts at 1 (up to float rounding). With
+  ``report_logprobs: true`` it also reports each sampled token's log-prob and entropy, which
+  ``model.init_args.old_logprobs: engine`` trains with instead of scoring the rows again.
 - ``epo_lightning.vllm_engine.VLLMEngine``: an in-process vLLM engine, much faster on GPUs, holding its own copy of
   the weights. The module marks it stale after every optimizer update and it reloads the weights before the next
   rollout.

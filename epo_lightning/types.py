@@ -82,6 +82,10 @@ class Episode:
         return sum(turn.reward for turn in self.turns)
 
 
+#: The ``TurnBatch`` fields the policy's scoring fills (``TrainingPolicy.score_logprobs``), ``[B, L]`` each.
+SCORED_FIELDS = ("old_logprobs", "old_entropy", "ref_logprobs", "old_values")
+
+
 @dataclass
 class TurnBatch:
     """A padded micro-batch of turn rows, the unit of ``training_step``. Shapes: B rows, L tokens.

@@ -76,15 +76,20 @@ def _one_step(tmp_path, cache_dir, monkeypatch, deduplicate: bool):
     seed_everything(0)
     module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), loss={"kl_coef": 0.01})
     data = RolloutDataModule(**{**EASY_DATA, "group_size": 8, "micro_batch_size": 8, "mini_batch_size": 64})
+    scored_rows = []  # rows of every scoring forward (pi_old, the KL reference)
+    score_logprobs = module.score_logprobs
+    module.score_logprobs = lambda batch: scored_rows.append(len(batch)) or score_logprobs(batch)
     trainer = make_trainer(tmp_path / str(deduplicate), max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     params = {name: p.detach().clone() for name, p in module.model.named_parameters()}
-    return params, trainer.callback_metrics
+    return params, trainer.callback_metrics, sum(scored_rows)
 
 
 def test_sharing_identical_rows_leaves_the_training_the_same(tmp_path, cache_dir, tiny_policy_dir, monkeypatch):
-    shared, shared_metrics = _one_step(tmp_path, cache_dir, monkeypatch, deduplicate=True)
-    each, each_metrics = _one_step(tmp_path, cache_dir, monkeypatch, deduplicate=False)
+    shared, shared_metrics, shared_scored = _one_step(tmp_path, cache_dir, monkeypatch, deduplicate=True)
+    each, each_metrics, each_scored = _one_step(tmp_path, cache_dir, monkeypatch, deduplicate=False)
+    assert each_scored == int(each_metrics["rollout/turn_samples"])  # every row scored once
+    assert shared_scored < 0.8 * each_scored  # each distinct row of the step once: 140 of 181 here
     assert 0.5 < float(shared_metrics["train/distinct_row_frac"]) < 0.95  # 0.90 here
     assert float(each_metrics["train/distinct_row_frac"]) == 1.0
     assert float(shared_metrics["rollout/success_rate"]) == float(each_metrics["rollout/success_rate"])

@@ -29,13 +29,13 @@ def _module(cache_dir, **kwargs) -> RecordingModule:
     return RecordingModule(**settings)
 
 
-def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_and_parameters_move(cache_dir, tiny_policy_dir, tmp_path):
+def test_ppo_ratio_is_one_on_the_first_minibatch_and_parameters_move(cache_dir, tiny_policy_dir, tmp_path):
     module = _module(cache_dir, loss={"kl_coef": 0.01})
     trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
     assert len(module.first_log_ratios) == 2
-    for log_ratio in module.first_log_ratios:
-        assert torch.equal(log_ratio, torch.zeros_like(log_ratio))
+    for log_ratio in module.first_log_ratios:  # scored and trained in differently composed micro-batches: rounding
+        assert log_ratio.abs().max() < 1e-5
     initial = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
     initial.trainer = trainer  # reuse the built datamodule to load the same initial weights from the cache
     initial.configure_model()

@@ -5,10 +5,12 @@ from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, sp
 
 def test_plan_counts_updates_over_all_ranks_and_micro_batches_from_the_fullest_rank():
     # 66 rows over two ranks, 48 per update -> 2 updates; rank 0 has 30 rows per update -> 4 micro-batches of <= 8
-    assert plan_updates([60, 6], mini_batch_size=48, micro_batch_size=8) == UpdatePlan(2, 4)
-    assert plan_updates([60, 6], mini_batch_size=1000, micro_batch_size=64) == UpdatePlan(1, 1)
-    assert plan_updates([0, 0], mini_batch_size=8, micro_batch_size=8) == UpdatePlan(1, 1)  # nothing: one empty update
-    assert plan_updates([17], mini_batch_size=8, micro_batch_size=2) == UpdatePlan(3, 3)  # 6 rows -> 3 x 2
+    assert plan_updates([60, 6], mini_batch_size=48, micro_batch_size=8) == UpdatePlan(2, 4, 8)
+    assert plan_updates([60, 6], mini_batch_size=1000, micro_batch_size=64) == UpdatePlan(1, 1, 1)
+    assert plan_updates([0, 0], mini_batch_size=8, micro_batch_size=8) == UpdatePlan(1, 1, 1)  # no rows: one update
+    assert plan_updates([17], mini_batch_size=8, micro_batch_size=2) == UpdatePlan(3, 3, 9)  # 6 rows -> 3 x 2
+    # scoring runs once per distinct row: 30 of rank 0's 60 rows and all 6 of rank 1's -> ceil(30 / 8) on both
+    assert plan_updates([60, 6], 48, 8, rank_distinct_rows=[30, 6]) == UpdatePlan(2, 4, 4)
 
 
 def test_plan_refuses_sizes_below_one():

@@ -36,14 +36,27 @@ def test_training_on_the_engines_recorded_scores_matches_recomputed_ones_on_two_
     (rank0, _), cache = ddp_run
     scored = torchrun(tmp_path / "out", cache, "--steps", "3", "--engine", "hf_scored")
     assert any(float(b["response_mask"].sum()) == 0 for b in scored[1]["batches"])  # filler batches: no engine values
-    for batch in scored[0]["batches"] + scored[1]["batches"]:  # pi_old is what the engine recorded, zeros for fillers
-        recorded = batch["rollout_logprobs"]
-        expected = torch.zeros(batch["response_mask"].shape) if recorded is None else recorded
-        assert torch.equal(batch["old_logprobs"], expected)
+    for record in scored:  # pi_old is what the engine recorded for one copy of the row (scored once), 0 for fillers
+        recorded = {}
+        for batch, b, row in _rows(record["batches"]):
+            if row[1]:  # not a filler
+                recorded.setdefault(row, []).append(batch["rollout_logprobs"][b, : len(row[0])])
+        for batch, b, row in _rows(record["batches"]):
+            old = batch["old_logprobs"][b]
+            assert not old[len(row[0]) :].any()
+            copies = recorded[row] if row[1] else [torch.zeros(len(row[0]))]
+            assert any(torch.equal(old[: len(row[0])], copy) for copy in copies)
     for step in range(3):
         for name, value in scored[0]["params"][step].items():
             assert torch.equal(value, scored[1]["params"][step][name]), (step, name)
             torch.testing.assert_close(value, rank0["params"][step][name], rtol=0, atol=1e-5)
+
+
+def _rows(batches: list[dict]):
+    """``(batch, index, (token ids, response length))`` of every row of recorded micro-batches."""
+    for batch in batches:
+        for b, mask in enumerate(batch["attention_mask"].bool()):
+            yield batch, b, (tuple(batch["input_ids"][b][mask].tolist()), int(batch["response_mask"][b].sum()))
 
 
 def _pool(first: dict, second: dict, pad_id: int) -> TurnBatch:
