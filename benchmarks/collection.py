@@ -78,7 +78,7 @@ def main() -> None:
     builder, max_turns = data.prompt_builder, data.max_turns
     groups, size = data.tasks_per_step, data.group_size
     builder = SimpleNamespace(  # what collect_episodes calls of a PromptBuilder, timed
-        render=timed("prompt rendering", builder.render), encode=timed("tokenization", builder.encode)
+        render=timed("prompt rendering", builder.render), encode_all=timed("tokenization", builder.encode_all)
     )
     rollout.parse_action = timed("parsing", rollout.parse_action)
 

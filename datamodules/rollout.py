@@ -125,12 +125,12 @@ def collect_episodes(
         active = [i for i, state in enumerate(states) if not state["done"]]
         if not active:
             break
-        prompts = []
+        texts = []
         for i in active:
             state = states[i]
             admissible = state["info"].get("admissible_actions", [])
-            text = prompt_builder.render(episodes[i].task, state["history"], state["obs"], admissible)
-            prompts.append(prompt_builder.encode(tokenizer, text))
+            texts.append(prompt_builder.render(episodes[i].task, state["history"], state["obs"], admissible))
+        prompts = prompt_builder.encode_all(tokenizer, texts)
         generation = policy.generate(prompts, evaluation=evaluation)
         responses = generation.token_ids
         logprobs = generation.logprobs or [None] * len(responses)

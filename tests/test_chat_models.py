@@ -112,7 +112,7 @@ def test_ppo_ratio_is_one_on_the_first_micro_batch_with_an_instruct_style_genera
 
     module = Instructish(tiny=TEST_PRESET, cache_dir=str(cache_dir))
     make_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=RolloutDataModule(**EASY_DATA))
-    assert ratios == [0.0]
+    assert len(ratios) == 1 and ratios[0] < 1e-5  # float rounding only: scored and trained in other micro-batches
 
 
 @needs_smollm2
