@@ -67,6 +67,18 @@ def test_a_reporting_engine_is_synced_after_every_update_its_gap_is_logged_and_c
     assert engine.loads == 2 and trainer.global_step > 2
 
 
+def test_a_cap_with_the_recording_hf_engine_and_recomputed_scores_trains_with_weights_of_one(cache_dir, tmp_path):
+    engine = HFEngine(report_logprobs=True)  # reports log-probs of the trained model itself: no gap but rounding
+    module = Recording(
+        tiny=TEST_PRESET, cache_dir=str(cache_dir), rollout_engine=engine, old_logprobs="recompute", rollout_is_cap=2.0
+    )
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    assert trainer.global_step > 0 and trainer.callback_metrics["rollout/logprob_gap_max"] < 1e-4
+    weights = torch.cat(module.is_weights)
+    assert weights.numel() > 0 and torch.allclose(weights, torch.ones_like(weights), atol=1e-4)
+
+
 def test_truncated_importance_weights_scale_the_policy_gradient_term_only():
     torch.manual_seed(0)
     logprobs = torch.randn(2, 5, requires_grad=True)
