@@ -15,7 +15,8 @@ gradient (pi_old when recomputed, the KL reference, the critic) run once per dis
 are common: a group whose policy is sure of its move plays it in many episodes), in
 
     S = max over ranks r of ceil(d_r / micro_batch_size)   scoring micro-batches on every rank (d_r: r's distinct rows)
- A rank with fewer rows than micro-batches fills the gap with empty
+
+A rank with fewer rows than micro-batches (or distinct rows than scoring micro-batches) fills the gap with empty
 micro-batches that carry no response token (``filler_row``): they join the collectives and add nothing to the update.
 """
 

@@ -88,7 +88,7 @@ class EPOCLI(LightningCLI):
             default=True,
             help="Keep freed CPU memory in the process instead of mapping fresh zeroed pages for each large tensor "
             "(glibc mallopt: mmap threshold 32 MB, trim threshold 2 GB; epo_lightning/cpu_memory.py). The quickstart's "
-            "rollout took 0.9x the time; the process keeps its peak memory between rollout and training.",
+            "RL step took 0.80x the time; the process keeps its peak memory between rollout and training.",
         )
 
     @override
