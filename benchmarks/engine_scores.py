@@ -27,6 +27,7 @@ import yaml
 from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
 from scaling import run_point  # benchmarks/scaling.py
 
+from epo_lightning.cpu_memory import keep_freed_memory
 from epo_lightning.rollout_engine import HFEngine
 
 MODES = {
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", default=str(Path("~/.cache/epo_lightning").expanduser()))
     args = parser.parse_args()
+    keep_freed_memory()  # as the epo CLI does by default (--keep_freed_memory)
     if args.steps < 2 or args.repeats < 1:
         parser.error("--steps must be >= 2 (step 0 is warm-up) and --repeats >= 1.")
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())

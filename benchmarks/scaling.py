@@ -29,6 +29,7 @@ from train import bare_trainer, module_settings  # benchmarks/train.py
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.cpu_memory import keep_freed_memory
 from epo_lightning.module import EPOModule
 
 #: (data setting, values besides the quickstart's own): one setting changed at a time.
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="one point, e.g. group_size=16 (or 'quickstart')")
     parser.add_argument("--cache", default=str(Path("~/.cache/epo_lightning").expanduser()))
     args = parser.parse_args()
+    keep_freed_memory()  # as the epo CLI does by default (--keep_freed_memory)
     if args.steps < 2:
         parser.error("--steps must be >= 2: step 0 is warm-up and is not reported.")
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())

@@ -32,6 +32,7 @@ from machine import ROOT, describe  # benchmarks/machine.py (the script's direct
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import Batches, RolloutDataModule
+from epo_lightning.cpu_memory import keep_freed_memory
 from epo_lightning.losses import epo_loss
 from epo_lightning.module import EPOModule
 
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", default=str(Path("~/.cache/epo_lightning").expanduser()))
     args = parser.parse_args()
+    keep_freed_memory()  # as the epo CLI does by default (--keep_freed_memory)
     torch.manual_seed(0)
     module, batches = record_step(args.cache)
     positions = sum(batch.input_ids.numel() for batch in batches) * args.steps
