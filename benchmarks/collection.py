@@ -9,6 +9,8 @@ The quickstart's setting (its tiny policy, 8 tasks x 8 environments, 20 turns, t
 - ``framework``: ``collect_episodes`` (one batched generation per turn over every active environment);
 - ``raw generate``: only ``generate_responses`` on the prompts the framework's collection built, turn by turn, with
   the same budget: the limit of this engine (goal: the framework within 0.9x of it);
+- ``raw generate, repeated prompts prefilled again``: the same without ``shared_prefix_cache`` (a turn's repeated
+  prompts run through the model once): what that sharing saves;
 - ``naive loop``: each episode alone, one ``generate`` call per turn (goal: the framework 4x faster per episode).
 
 The framework's time is split by wrapping its parts: prompt rendering, tokenization, generation, parsing, stepping.
@@ -17,17 +19,20 @@ The framework's time is split by wrapping its parts: prompt rendering, tokenizat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import torch
 import yaml
 from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
 
 import datamodules.rollout as rollout
+import epo_lightning.policy as policy_module
 from datamodules.envs.embedded import EmbeddedTextEnv
 from datamodules.rollout import TaskSpec, collect_episodes
 from datamodules.rollout_datamodule import RolloutDataModule
@@ -94,11 +99,13 @@ def main() -> None:
         result = collect_episodes(policy, envs, tasks, builder, max_turns)
         return time.perf_counter() - start, len(result.episodes), policy.turns
 
-    def raw(turns: list) -> float:
-        start = time.perf_counter()
-        for prompts in turns:
-            generate_responses(model, tokenizer, prompts, 1.0, budget)
-        return time.perf_counter() - start
+    def raw(turns: list, share_prefill: bool = True) -> float:
+        unshared = patch.object(policy_module, "shared_prefix_cache", lambda *args: None)  # generate prefills each
+        with contextlib.nullcontext() if share_prefill else unshared:
+            start = time.perf_counter()
+            for prompts in turns:
+                generate_responses(model, tokenizer, prompts, 1.0, budget)
+            return time.perf_counter() - start
 
     def naive(seed: int) -> tuple[float, int]:
         policy = Policy(model, tokenizer, budget)
@@ -118,6 +125,7 @@ def main() -> None:
         split["other (decoding responses, bookkeeping)"] = seconds - sum(split.values())
         per_episode["framework"].append(seconds / episodes)
         per_episode["raw generate"].append(raw(turns) / episodes)
+        per_episode["raw generate, repeated prompts prefilled again"].append(raw(turns, share_prefill=False) / episodes)
         seconds, episodes = naive(repeat)
         per_episode["naive loop"].append(seconds / episodes)
     print(f"command: python benchmarks/collection.py --repeats {args.repeats} --naive-episodes {args.naive_episodes}")
