@@ -9,8 +9,9 @@ updates and micro-batches on every rank, whatever its episode lengths).
 each task on exactly one rank.
 
 Under DDP each rank plays its own task groups (a GRPO group never spans ranks) and trains every row of its own rollout
-exactly once. The loaders are ``Batches``, not ``DataLoader`` objects, so Lightning never wraps them in a
-``DistributedSampler`` (which would keep 1/world of each rank's rows): no ``use_distributed_sampler`` setting is needed.
+exactly once per pass (``ppo_epochs``). The loaders are ``Batches``, not ``DataLoader`` objects, so Lightning never
+wraps them in a ``DistributedSampler`` (which would keep 1/world of each rank's rows): no ``use_distributed_sampler``
+setting is needed.
 
 Every random choice of RL step k (tasks, sampling, shuffling) is seeded from ``(seed, k, rank)``, so a run resumed from
 a checkpoint after step k replays exactly what the uninterrupted run does at step k + 1.
@@ -83,6 +84,10 @@ class RolloutDataModule(pl.LightningDataModule):
             length and cut where the fewest padding positions result, ``split_least_padding``), so far fewer padding
             positions are scored and trained. The update is the same: its loss is the sum over its micro-batches
             with weights set over the whole update.
+        ppo_epochs: passes over the RL step's updates (verl's ``ppo_epochs``, TRL's ``num_iterations``). Every pass
+            runs the same mini- and micro-batches in the same order, as verl does; pi_old stays the policy that
+            collected the rows, so the PPO clip bounds how far the later passes move. 1, the released EPO code's
+            setting, trains on every row once.
         reward_scale: multiplier of the environment's success reward (1 as in the paper, 10 as in the released code).
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
         val_tasks: tasks per validation split, one episode each, shared out over the ranks (each played once).
@@ -114,6 +119,7 @@ class RolloutDataModule(pl.LightningDataModule):
         micro_batch_size: int = 64,
         mini_batch_size: int | None = None,
         group_by_length: bool = True,
+        ppo_epochs: int = 1,
         reward_scale: float = 1.0,
         invalid_action_penalty: float = 0.1,
         val_tasks: int = 32,
@@ -133,6 +139,7 @@ class RolloutDataModule(pl.LightningDataModule):
             ("group_size", group_size),
             ("max_turns", max_turns),
             ("micro_batch_size", micro_batch_size),
+            ("ppo_epochs", ppo_epochs),
         ):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}.")
@@ -159,6 +166,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.micro_batch_size = micro_batch_size
         self.mini_batch_size = mini_batch_size
         self.group_by_length = group_by_length
+        self.ppo_epochs = ppo_epochs
         self.reward_scale = reward_scale
         self.invalid_action_penalty = invalid_action_penalty
         self.val_tasks = val_tasks
@@ -307,7 +315,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_stats = rollout_counts(result, len(rows), self._pool.restarts - restarts, batches)
         self.transcripts = [render_transcript(e) for e in result.episodes[: self.num_transcripts]]
         self.rollout_step = step + 1
-        return Batches(batches)
+        return Batches(batches * self.ppo_epochs)  # the same micro-batch objects again: scores, advantages, weights
 
     def _plan(self, num_rows: int, num_distinct: int, policy: TrainingPolicy) -> tuple[UpdatePlan, int]:
         """The update plan of this step and the rows of all ranks (every rank's counts are exchanged once)."""

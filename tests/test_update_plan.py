@@ -83,3 +83,47 @@ def test_grouping_by_length_cuts_padding_and_leaves_every_update_the_same(tmp_pa
     assert grouped_padding < plain_padding / 2
     for name, value in plain.items():  # the same rows per update, each weighted over its whole update
         assert torch.allclose(grouped[name], value, atol=1e-5), name
+
+
+def test_ppo_epochs_run_the_step_s_updates_again_after_the_first_pass(tmp_path, cache_dir, tiny_policy_dir):
+    import torch
+    from lightning.pytorch import Callback, seed_everything
+
+    from datamodules.rollout_datamodule import RolloutDataModule
+    from epo_lightning.module import EPOModule
+    from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+    single, _, updates = _one_step(tmp_path, cache_dir, group_by_length=True)
+
+    class FirstPass(Callback):
+        """The weights after the first pass's last update, and every micro-batch in the order it trained."""
+
+        def __init__(self) -> None:
+            self.batches: list = []
+            self.params: dict = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.batches.append(batch)
+            if trainer.global_step == updates and not self.params:
+                self.params = {name: p.detach().clone() for name, p in pl_module.model.named_parameters()}
+
+    seed_everything(0)
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir))
+    data = RolloutDataModule(**{**EASY_DATA, "micro_batch_size": 8, "mini_batch_size": 32}, ppo_epochs=3)
+    first_pass = FirstPass()
+    trainer = make_trainer(tmp_path / "epochs", max_epochs=1, limit_val_batches=0, callbacks=[first_pass])
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 3 * updates
+    passes = len(first_pass.batches) // 3
+    assert first_pass.batches == first_pass.batches[:passes] * 3  # the same micro-batches, in the same order
+    for name, value in single.items():  # the first pass is the whole of a one-pass step; the others train on
+        assert torch.allclose(first_pass.params[name], value, atol=1e-6), name
+    moved = [(module.model.get_parameter(name) - value).abs().max() for name, value in single.items()]
+    assert max(moved) > 1e-4
+
+
+def test_ppo_epochs_below_one_are_refused():
+    from datamodules.rollout_datamodule import RolloutDataModule
+
+    with pytest.raises(ValueError, match="data.ppo_epochs must be >= 1"):
+        RolloutDataModule(ppo_epochs=0)

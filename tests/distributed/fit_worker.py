@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--save_checkpoint", default=None)
     parser.add_argument("--export", default=None, help="ExportPolicy's directory")
     parser.add_argument("--advantage", default="grpo", help="gae trains a critic too")
+    parser.add_argument("--ppo_epochs", type=int, default=1)
     parser.add_argument(
         "--engine", default="hf", choices=["hf", "hf_scored", "vllm"], help="hf_scored: train on HF's recorded scores"
     )
@@ -89,6 +90,7 @@ def main() -> None:
         val_tasks=5,
         micro_batch_size=4,
         mini_batch_size=48,
+        ppo_epochs=args.ppo_epochs,
     )
     engine = HFEngine(report_logprobs=True) if args.engine == "hf_scored" else None
     if args.engine == "vllm":

@@ -52,6 +52,22 @@ def test_training_on_the_engines_recorded_scores_matches_recomputed_ones_on_two_
             torch.testing.assert_close(value, rank0["params"][step][name], rtol=0, atol=1e-5)
 
 
+def test_ppo_epochs_run_the_same_micro_batches_again_on_both_ranks(ddp_run, tmp_path):
+    (rank0, _), cache = ddp_run
+    repeated = torchrun(tmp_path / "out", cache, "--steps", "1", "--ppo_epochs", "2")
+    for record in repeated:  # step 0's rollout depends only on the initial weights: the one-pass run's rows, twice
+        assert record["micro_batches"] == [2 * rank0["micro_batches"][0]]
+        batches = record["batches"]
+        for first, again in zip(batches[: len(batches) // 2], batches[len(batches) // 2 :], strict=True):
+            assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(
+                first["advantages"], again["advantages"]
+            )
+    for name, value in repeated[0]["params"][0].items():
+        assert torch.equal(value, repeated[1]["params"][0][name]), name
+    moved = [float((v - rank0["params"][0][k]).abs().max()) for k, v in repeated[0]["params"][0].items()]
+    assert max(moved) > 1e-4  # the second pass trained on after the one-pass step's weights
+
+
 def _rows(batches: list[dict]):
     """``(batch, index, (token ids, response length))`` of every row of recorded micro-batches."""
     for batch in batches:
