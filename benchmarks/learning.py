@@ -1,12 +1,15 @@
 """EPO against its baselines on the embedded suite, at one fixed budget of RL steps: a resumable study in parts.
 
 python benchmarks/learning.py run [--only ARM] [--seed S] [--seeds 8] [--steps 60] [--out runs/learning]
+                                  [--keep-policies]
 python benchmarks/learning.py report [--out runs/learning]
 
 Every arm is the quickstart (``configs/quickstart.yaml``) with a few settings changed, so the arms differ only in
 the objective; every seed is paired across arms (the same seed gives the same tasks and the same initial policy).
 ``run`` trains each (arm, seed) that has no result yet in its own ``epo fit`` process and keeps its scalars in
 ``<out>/<arm>/seed<S>.json``: stop it at any time and run it again to go on, or run parts on several machines.
+With ``--keep-policies`` it also exports each run's final policy to ``<out>/<arm>/seed<S>.policy`` (a Hugging Face
+directory, ~3 MB for the tiny preset), for analyses such as ``benchmarks/embedded_decisions.py``.
 ``report`` prints, per arm, the mean +- std over seeds of:
 
 - ``IID`` / ``OOD``: success on ``--eval-tasks`` held-out tasks of each split, evaluated once after the last step;
@@ -44,6 +47,7 @@ from pathlib import Path
 
 from machine import ROOT, describe  # benchmarks/machine.py (the script's directory is on sys.path)
 
+from epo_lightning.export import export_checkpoint
 from epo_lightning.tensorboard_scalars import read_scalars
 
 _NO_SMOOTHING = ["--model.init_args.loss.smoothing=off", "--entropy_history=null", "--phase=null"]
@@ -86,7 +90,9 @@ def run_one(arm: str, seed: int, args: argparse.Namespace) -> Path:
     if done.returncode != 0:
         raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
     scalars = read_scalars(root)
-    shutil.rmtree(root)  # its checkpoints are not needed: the study keeps only the scalars
+    if args.keep_policies:
+        export_checkpoint(next(Path(root).rglob("last.ckpt")), result.with_suffix(".policy"))
+    shutil.rmtree(root)  # the study keeps only the scalars (and with --keep-policies the final policy)
     record = {
         "arm": arm,
         "seed": seed,
@@ -224,6 +230,7 @@ def main() -> None:
     parser.add_argument("--eval-tasks", type=int, default=256, help="held-out tasks per split, evaluated at the end")
     parser.add_argument("--window", type=int, default=10, help="final RL steps averaged for rollout metrics")
     parser.add_argument("--out", default="runs/learning")
+    parser.add_argument("--keep-policies", action="store_true", help="export each run's final policy next to it")
     args = parser.parse_args()
     if args.action == "report":
         report(args)
