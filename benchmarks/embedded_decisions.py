@@ -8,7 +8,7 @@ POLICY is a Hugging Face directory of the ``tiny`` preset (the format-prior cach
 one's canonical response (``<action> ... </action> <eos>``, scored in one batch). At every turn it is asked, exactly:
 
 - **goal**: when ``benchmarks/embedded_ceiling.py``'s scripted policy has a goal-directed action (put, take the goal
-  item, unlock, take the key, open), the probability of that action, among the admissible ones;
+  item, unlock, take the key, open), the probability of that action, among the admissible ones (also by kind);
 - **walk back**: when only exits lead on, the last action was a move and its reverse is one of several exits, the
   probability of walking back, among the exits, against the uniform policy's;
 - **valid mass**: the probability of all admissible responses together (the rest is malformed or inadmissible text).
@@ -37,6 +37,16 @@ from epo_lightning.export import export_checkpoint
 from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.tiny_preset import response_ids
 
+KINDS = ("put", "take item", "unlock", "take key", "open")
+
+
+def kind_of(action: str) -> str:
+    """The kind of a goal-directed action (``KINDS``)."""
+    verb = action.split()[0]
+    if verb == "take":
+        return "take key" if action == "take key" else "take item"
+    return verb
+
 
 @torch.no_grad()
 def action_probabilities(
@@ -58,11 +68,14 @@ def decisions(policy: Path, tasks: int, temperature: float) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(policy)
     builder = PromptBuilder(history_length=1)
     rng = random.Random(0)
-    goal, back, uniform_back, valid, wins = [], [], [], [], 0
+    goal, back, uniform_back, valid = [], [], [], []
+    wins: dict[str, list[bool]] = {}  # task family -> won, per task
+    by_kind: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for seed in range(tasks):
         env = EmbeddedTextEnv()
         obs, info = env.reset(seed=seed, options={"split": "val_iid"})
         history, previous = [], None
+        wins.setdefault(env.world.family, []).append(False)
         for _ in range(20):
             admissible = info["admissible_actions"]
             prompt = builder.render(info["task"], history, obs, admissible)
@@ -74,6 +87,7 @@ def decisions(policy: Path, tasks: int, temperature: float) -> dict[str, float]:
             exits = [a for a in admissible if a.startswith("go ")]
             if not best.startswith("go "):
                 goal.append(probs[best] / mass)
+                by_kind[kind_of(best)].append(goal[-1])
             elif previous in OPPOSITE and OPPOSITE[previous] in exits and len(exits) > 1:
                 back.append(probs[OPPOSITE[previous]] / sum(probs[e] for e in exits))
                 uniform_back.append(1 / len(exits))
@@ -82,16 +96,18 @@ def decisions(policy: Path, tasks: int, temperature: float) -> dict[str, float]:
             obs, _, won, _, info = env.step(action)
             previous = action
             if won:
-                wins += 1
+                wins[env.world.family][-1] = True
                 break
     return {
-        "success": wins / tasks,
+        "success": sum(map(sum, wins.values())) / tasks,
+        **{f"success {family}": statistics.fmean(won) for family, won in sorted(wins.items())},
         "goal": statistics.fmean(goal),
         "goal turns": len(goal),
         "walk back": statistics.fmean(back),
         "uniform": statistics.fmean(uniform_back),
         "walk-back turns": len(back),
         "valid mass": statistics.fmean(valid),
+        **{kind: statistics.fmean(values) if values else float("nan") for kind, values in by_kind.items()},
     }
 
 
@@ -107,17 +123,27 @@ def main() -> None:
     print(f"machine: {describe()}\n")
     print("| policy | success | P(goal action) | P(walk back) | uniform walk back | valid mass | turns (goal / back) |")
     print("|---|---|---|---|---|---|---|")
+    results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for spec in args.policies:
             name, _, path = spec.partition("=")
             policy = Path(path)
             if policy.suffix == ".ckpt":
                 policy = export_checkpoint(policy, Path(scratch) / name)
-            r = decisions(policy, args.tasks, args.temperature)
+            r = results[name] = decisions(policy, args.tasks, args.temperature)
             print(
                 f"| {name} | {r['success']:.3f} | {r['goal']:.3f} | {r['walk back']:.3f} | {r['uniform']:.3f} | "
                 f"{r['valid mass']:.3f} | {r['goal turns']} / {r['walk-back turns']} |"
             )
+    print("\nP(goal action) by kind of the goal action\n")
+    print("| policy | " + " | ".join(KINDS) + " |\n|---|" + "---|" * len(KINDS))
+    for name, r in results.items():
+        print(f"| {name} | " + " | ".join(f"{r[kind]:.3f}" for kind in KINDS) + " |")
+    families = sorted({key for r in results.values() for key in r if key.startswith("success ")})
+    print("\nSuccess by task family\n")
+    print("| policy | " + " | ".join(f[len("success ") :] for f in families) + " |\n|---|" + "---|" * len(families))
+    for name, r in results.items():
+        print(f"| {name} | " + " | ".join(f"{r[f]:.3f}" for f in families) + " |")
 
 
 if __name__ == "__main__":
