@@ -65,6 +65,8 @@ ARMS = {
     # past Assumption A.4 (alpha * beta < 1): above the corridor the penalty outweighs the bonus and pushes entropy down
     "grpo_epo_lambda0.02_alpha2": ["--model.init_args.entropy_coef=0.02", "--model.init_args.loss.alpha=2.0"],
 }
+#: what an arm is paired with in the report (default: grpo); EPO on top of PPO is compared with PPO as well
+BASELINES = {"epo_base_null": ("epo_base",), "ppo_epo": ("ppo", "grpo")}
 #: the arms run when --only is not given (the sweep arms are run by name)
 MAIN_ARMS = ("grpo", "epo_base", "epo_base_null", "grpo_epo", "ppo", "ppo_epo")
 TRACKED = ("rollout/success_rate", "rollout/valid_action_ratio", "entropy/token_mean")
@@ -173,8 +175,7 @@ def report(args: argparse.Namespace) -> None:
         print(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {minutes:.1f} |")
     print("\npaired on seeds, arm minus baseline: mean difference +- std (sign-flip p); seeds per arm to see 0.05")
     print("| arm | baseline | pairs | IID | OOD | rollout | seeds for 0.05 (rollout) |\n|---|---|---|---|---|---|---|")
-    for arm in summaries:
-        baseline = "epo_base" if arm == "epo_base_null" else "grpo"
+    for arm, baseline in [(a, b) for a in summaries for b in BASELINES.get(a, ("grpo",))]:
         if arm == baseline or baseline not in summaries:
             continue
         pairs = sorted(set(summaries[arm]) & set(summaries[baseline]))

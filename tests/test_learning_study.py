@@ -57,6 +57,8 @@ def test_report_pairs_seeds_and_summarizes_the_final_window(study, tmp_path, cap
     for seed, (base, epo) in enumerate([(0.5, 0.55), (0.6, 0.7), (0.4, 0.45)]):
         _write(tmp_path, "grpo", seed, base, [0.2] * 8)
         _write(tmp_path, "grpo_epo", seed, epo, [0.2, 0.4] * 4)
+        _write(tmp_path, "ppo", seed, base + 0.1, [0.2] * 8)
+        _write(tmp_path, "ppo_epo", seed, epo + 0.1, [0.2] * 8)
     study.report(argparse.Namespace(out=str(tmp_path), window=3))
     printed = capsys.readouterr().out
     assert "| grpo | 3 | 0.6 +- 0.1 | 0.5 +- 0.1 | 0.5 +- 0.1 | 1 +- 0 | 0.2 +- 0 | 0 +- 0 | 0 +- 0 | 1.0 |" in printed
@@ -65,6 +67,9 @@ def test_report_pairs_seeds_and_summarizes_the_final_window(study, tmp_path, cap
     # differences 0.05, 0.1, 0.05: mean 0.067, sd 0.029; of the 8 sign flips only all-plus and all-minus reach 0.067
     difference = "+0.067 +- 0.029 (p = 0.25)"  # IID, OOD and rollout alike here
     assert f"| grpo_epo | grpo | 3 | {difference} | {difference} | {difference} | 3 |" in printed
+    assert f"| ppo_epo | ppo | 3 | {difference} | {difference} | {difference} | 3 |" in printed  # EPO on top of PPO
+    assert "| ppo_epo | grpo | 3 | +0.167 +- 0.029 (p = 0.25)" in printed
+    assert "| ppo | grpo | 3 | +0.100 +- 0.000" in printed
     assert (tmp_path / "learning.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
