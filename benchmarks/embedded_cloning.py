@@ -1,0 +1,76 @@
+"""Can the tiny architecture represent the scripted policy? Clone it, then ask ``embedded_decisions.py``'s questions.
+
+python benchmarks/embedded_cloning.py --prior DIR --out DIR [--states 4000] [--layers 2]
+
+The scripted policy of ``embedded_ceiling.py`` (goal actions first, never walking back: 100% of ``val_iid``) plays the
+train split; each of its turns becomes a format-prior example whose only admissible action is the one it chose, so the
+format prior's own loss and budget (``train_format_prior``: soft-target cross-entropy, 10 epochs, lr 3e-3, as in the
+quickstart) fit the tiny model to it. ``--prior`` gives the tokenizer (the quickstart's format-prior directory, in
+``~/.cache/epo_lightning``); the model is built fresh with the quickstart's sizes and ``--layers`` blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+from embedded_ceiling import scripted_action  # benchmarks/ (the script's directory is on sys.path)
+from embedded_decisions import decisions
+from machine import describe
+from transformers import AutoTokenizer
+
+from datamodules.envs.embedded import EmbeddedTextEnv
+from datamodules.prompts import PromptBuilder
+from epo_lightning.policy import save_policy
+from epo_lightning.tiny_preset import PriorExample, TinyPreset, build_tiny_model, train_format_prior
+
+
+def scripted_examples(states: int) -> list[PriorExample]:
+    """``states`` turns of scripted play on the train split, each with the scripted action as its only target."""
+    builder, rng, examples, seed = PromptBuilder(history_length=1), random.Random(0), [], 0
+    while len(examples) < states:
+        env = EmbeddedTextEnv()
+        obs, info = env.reset(seed=seed, options={"split": "train"})
+        seed += 1
+        history, previous = [], None
+        for _ in range(20):
+            admissible = info["admissible_actions"]
+            action = scripted_action(info["task"], admissible, previous, rng, walk_back=False)
+            examples.append((builder.render(info["task"], history, obs, admissible), [action]))
+            history.append((obs, action))
+            obs, _, won, _, info = env.step(action)
+            previous = action
+            if won:
+                break
+    return examples[:states]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prior", required=True, help="the quickstart's format-prior directory (its tokenizer)")
+    parser.add_argument("--out", required=True, help="where to save the cloned policy")
+    parser.add_argument("--states", type=int, default=4000)
+    parser.add_argument("--layers", type=int, default=2)
+    args = parser.parse_args()
+    print(f"command: python benchmarks/embedded_cloning.py --states {args.states} --layers {args.layers}")
+    print(f"machine: {describe()}\n")
+    tokenizer = AutoTokenizer.from_pretrained(args.prior)
+    preset = TinyPreset(
+        hidden_size=128, intermediate_size=320, num_layers=args.layers, num_heads=4, prior_epochs=10, prior_lr=3e-3
+    )
+    model = build_tiny_model(preset, tokenizer)
+    start = time.perf_counter()
+    torch.manual_seed(preset.seed)
+    loss = train_format_prior(model, tokenizer, scripted_examples(args.states), preset)
+    seconds = time.perf_counter() - start
+    save_policy(model, tokenizer, Path(args.out))
+    result = decisions(Path(args.out), tasks=128, temperature=1.0)
+    print(f"cloned on {args.states} states in {seconds:.0f} s, last-epoch loss {loss:.4f}")
+    print(", ".join(f"{key} {value:.3f}" for key, value in result.items()))
+
+
+if __name__ == "__main__":
+    main()
