@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -33,6 +38,20 @@ VLLM_PRESET = replace(TEST_PRESET, hidden_size=64, intermediate_size=128)
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("epo_cache")
+
+
+@contextmanager
+def benchmark_script(name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<name>.py`` imported as when it runs: its directory on ``sys.path`` (for ``machine.py`` etc.)."""
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", benchmarks / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(benchmarks))
 
 
 def make_trainer(root: Path, **overrides) -> Trainer:

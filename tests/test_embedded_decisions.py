@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))  # as when the script runs: it imports machine.py and embedded_ceiling.py
-    try:
-        spec = importlib.util.spec_from_file_location("embedded_decisions", BENCHMARKS / "embedded_decisions.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_script("embedded_decisions") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_action_probabilities_are_the_model_s_own_one_row_at_a_time(script, tiny_policy_dir):

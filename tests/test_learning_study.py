@@ -6,24 +6,17 @@ import argparse
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def study():
-    sys.path.insert(0, str(BENCHMARKS))  # as when the script runs: it imports benchmarks/machine.py
-    try:
-        spec = importlib.util.spec_from_file_location("learning_study", BENCHMARKS / "learning.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_script("learning") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _write(out: Path, arm: str, seed: int, rollout: float, entropy: list[float]) -> None:
