@@ -1,12 +1,12 @@
 """Can the tiny architecture represent the scripted policy? Clone it, then ask ``embedded_decisions.py``'s questions.
 
-python benchmarks/embedded_cloning.py --prior DIR --out DIR [--states 4000] [--layers 2]
+python benchmarks/embedded_cloning.py --out DIR [--states 4000] [--layers 2] [--cache ~/.cache/epo_lightning]
 
 The scripted policy of ``embedded_ceiling.py`` (goal actions first, never walking back: 100% of ``val_iid``) plays the
 train split; each of its turns becomes a format-prior example whose only admissible action is the one it chose, so the
-format prior's own loss and budget (``train_format_prior``: soft-target cross-entropy, 10 epochs, lr 3e-3, as in the
-quickstart) fit the tiny model to it. ``--prior`` gives the tokenizer (the quickstart's format-prior directory, in
-``~/.cache/epo_lightning``); the model is built fresh with the quickstart's sizes and ``--layers`` blocks.
+format prior's own loss and budget (``train_format_prior`` with the quickstart's ``tiny`` settings) fit the tiny model
+to it. The model is built fresh with the quickstart's sizes and ``--layers`` blocks, on the tokenizer of the
+quickstart's format prior (loaded from ``--cache``, built there first if missing).
 """
 
 from __future__ import annotations
@@ -14,18 +14,27 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 from embedded_ceiling import scripted_action  # benchmarks/ (the script's directory is on sys.path)
 from embedded_decisions import decisions
-from machine import describe
+from machine import ROOT, describe
 from transformers import AutoTokenizer
 
 from datamodules.envs.embedded import EmbeddedTextEnv
 from datamodules.prompts import PromptBuilder
+from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.policy import save_policy
-from epo_lightning.tiny_preset import PriorExample, TinyPreset, build_tiny_model, train_format_prior
+from epo_lightning.tiny_preset import (
+    PriorExample,
+    TinyPreset,
+    build_tiny_model,
+    load_or_build_tiny,
+    train_format_prior,
+)
 
 
 def scripted_examples(states: int) -> list[PriorExample]:
@@ -50,17 +59,20 @@ def scripted_examples(states: int) -> list[PriorExample]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prior", required=True, help="the quickstart's format-prior directory (its tokenizer)")
     parser.add_argument("--out", required=True, help="where to save the cloned policy")
     parser.add_argument("--states", type=int, default=4000)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path("~/.cache/epo_lightning").expanduser())
     args = parser.parse_args()
     print(f"command: python benchmarks/embedded_cloning.py --states {args.states} --layers {args.layers}")
     print(f"machine: {describe()}\n")
-    tokenizer = AutoTokenizer.from_pretrained(args.prior)
-    preset = TinyPreset(
-        hidden_size=128, intermediate_size=320, num_layers=args.layers, num_heads=4, prior_epochs=10, prior_lr=3e-3
-    )
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    quickstart = TinyPreset(**config["model"]["init_args"]["tiny"])
+    data = RolloutDataModule(**{**config["data"]["init_args"], "val_tasks": 0})
+    examples = data.format_prior_examples(quickstart.prior_states, quickstart.seed)
+    prior = load_or_build_tiny(data.vocabulary(examples), examples, quickstart, args.cache)
+    tokenizer = AutoTokenizer.from_pretrained(prior)
+    preset = replace(quickstart, num_layers=args.layers)
     model = build_tiny_model(preset, tokenizer)
     start = time.perf_counter()
     torch.manual_seed(preset.seed)
