@@ -1,12 +1,13 @@
 """Can the tiny architecture represent the scripted policy? Clone it, then ask ``embedded_decisions.py``'s questions.
 
-python benchmarks/embedded_cloning.py --out DIR [--states 4000] [--layers 2] [--cache ~/.cache/epo_lightning]
+python benchmarks/embedded_cloning.py --out DIR [--states 4000] [--layers 2 | --from-prior] [--cache DIR]
 
 The scripted policy of ``embedded_ceiling.py`` (goal actions first, never walking back: 100% of ``val_iid``) plays the
 train split; each of its turns becomes a format-prior example whose only admissible action is the one it chose, so the
 format prior's own loss and budget (``train_format_prior`` with the quickstart's ``tiny`` settings) fit the tiny model
 to it. The model is built fresh with the quickstart's sizes and ``--layers`` blocks, on the tokenizer of the
-quickstart's format prior (loaded from ``--cache``, built there first if missing).
+quickstart's format prior (loaded from ``--cache``, built there first if missing); with ``--from-prior`` it starts from
+the format prior's weights instead, as RL does, so cloning does not have to learn to spell the actions again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import yaml
 from embedded_ceiling import scripted_action  # benchmarks/ (the script's directory is on sys.path)
 from embedded_decisions import decisions
 from machine import ROOT, describe
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from datamodules.envs.embedded import EmbeddedTextEnv
 from datamodules.prompts import PromptBuilder
@@ -62,9 +63,13 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where to save the cloned policy")
     parser.add_argument("--states", type=int, default=4000)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--from-prior", action="store_true", help="start from the format prior, as RL does")
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/epo_lightning").expanduser())
     args = parser.parse_args()
-    print(f"command: python benchmarks/embedded_cloning.py --states {args.states} --layers {args.layers}")
+    if args.from_prior and args.layers != 2:
+        parser.error("--from-prior starts from the quickstart's 2-layer prior: leave --layers at 2")
+    start_from = "--from-prior" if args.from_prior else f"--layers {args.layers}"
+    print(f"command: python benchmarks/embedded_cloning.py --states {args.states} {start_from}")
     print(f"machine: {describe()}\n")
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     quickstart = TinyPreset(**config["model"]["init_args"]["tiny"])
@@ -73,7 +78,10 @@ def main() -> None:
     prior = load_or_build_tiny(data.vocabulary(examples), examples, quickstart, args.cache)
     tokenizer = AutoTokenizer.from_pretrained(prior)
     preset = replace(quickstart, num_layers=args.layers)
-    model = build_tiny_model(preset, tokenizer)
+    if args.from_prior:
+        model = AutoModelForCausalLM.from_pretrained(prior, dtype=torch.float32)
+    else:
+        model = build_tiny_model(preset, tokenizer)
     start = time.perf_counter()
     torch.manual_seed(preset.seed)
     loss = train_format_prior(model, tokenizer, scripted_examples(args.states), preset)
