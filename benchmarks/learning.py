@@ -7,7 +7,8 @@ python benchmarks/learning.py report [--out runs/learning]
 Every arm is the quickstart (``configs/quickstart.yaml``) with a few settings changed, so the arms differ only in
 the objective; every seed is paired across arms (the same seed gives the same tasks and the same initial policy).
 ``run`` trains each (arm, seed) that has no result yet in its own ``epo fit`` process and keeps its scalars in
-``<out>/<arm>/seed<S>.json``: stop it at any time and run it again to go on, or run parts on several machines.
+``<out>/<arm>/seed<S>.json``: stop it at any time (SIGTERM or Ctrl-C stops the run in progress too, and discards it)
+and run it again to go on, or run parts on several machines.
 With ``--keep-policies`` it also exports each run's final policy to ``<out>/<arm>/seed<S>.policy`` (a Hugging Face
 directory, ~3 MB for the tiny preset), for analyses such as ``benchmarks/embedded_decisions.py``.
 ``report`` prints, per arm, the mean +- std over seeds of:
@@ -38,6 +39,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -86,15 +88,15 @@ def run_one(arm: str, seed: int, args: argparse.Namespace) -> Path:
         f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *ARMS[arm],
     ]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
-    scalars = read_scalars(root)
-    if args.keep_policies:
-        export_checkpoint(next(Path(root).rglob("last.ckpt")), result.with_suffix(".policy"))
-    shutil.rmtree(root)  # the study keeps only the scalars (and with --keep-policies the final policy)
+    try:  # the study keeps only the scalars (and with --keep-policies the final policy)
+        stderr = train(command)
+        if stderr is not None:
+            raise RuntimeError(f"{arm} seed {seed} failed:\n{stderr[-3000:]}")
+        scalars = read_scalars(root)
+        if args.keep_policies:
+            export_checkpoint(next(Path(root).rglob("last.ckpt")), result.with_suffix(".policy"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     record = {
         "arm": arm,
         "seed": seed,
@@ -110,6 +112,29 @@ def run_one(arm: str, seed: int, args: argparse.Namespace) -> Path:
     partial.write_text(json.dumps(record))
     partial.replace(result)  # a stopped study never leaves a half-written result
     return result
+
+
+def train(command: list[str]) -> str | None:
+    """Run one ``epo fit`` to the end; returns its stderr if it failed, else None.
+
+    A study stopped meanwhile (SIGTERM, Ctrl-C) stops the run too, which ``epo`` does within an RL step: left running
+    unseen, it would hold the cores that the study, run again, needs.
+    """
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        _, stderr = process.communicate()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return stderr if process.returncode else None
 
 
 def summarize(record: dict, window: int) -> dict[str, float]:
@@ -236,6 +261,7 @@ def main() -> None:
     if args.action == "report":
         report(args)
         return
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds through train()
     arms = [args.only] if args.only else list(MAIN_ARMS)
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     for seed in seeds:  # seeds outermost: a stopped study has every arm at the same seeds

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,8 +76,43 @@ def test_a_finished_run_is_not_run_again(study, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished (arm, seed) was trained again")
 
-    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
     args = argparse.Namespace(out=str(tmp_path), steps=8, eval_tasks=8)
     assert study.run_one("grpo", 0, args) == tmp_path / "grpo" / "seed0.json"
     with pytest.raises(AssertionError, match="trained again"):
         study.run_one("grpo", 1, args)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        if parent == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the training process through /proc")
+def test_a_stopped_study_stops_the_run_it_started_and_leaves_no_run_directory(tmp_path):
+    root = Path(__file__).parents[1]
+    (tmp_path / "tmp").mkdir()
+    # an empty cache: the run starts by building the format prior, so it is still running when the study is stopped
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(root)}
+    command = [sys.executable, "benchmarks/learning.py", "run", "--only", "grpo", "--seed", "0"]
+    study = subprocess.Popen([*command, "--out", str(tmp_path / "out")], cwd=root, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs := _children(study.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert runs, "the study did not start its epo fit"
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=90) == 128 + signal.SIGTERM
+    finally:
+        study.kill()
+    assert not any(Path(f"/proc/{run}").exists() for run in runs)  # before: the run trained on, unseen, for minutes
+    assert not list((tmp_path / "tmp").iterdir())  # its run directory (checkpoints, logs) is removed
+    assert not (tmp_path / "out" / "grpo" / "seed0.json").exists()
