@@ -240,6 +240,9 @@ def plot(records: dict[str, dict[int, dict]], out: Path, window: int) -> None:
     entropy_axes.set(xlabel="RL step", ylabel="mean token entropy (nats)", title="entropy, mean over seeds")
     success_axes.set(xlabel="RL step", ylabel="rollout success", title="training success, mean over seeds")
     turn_axes.set(xlabel="turn index", ylabel="mean token entropy", title=f"per-turn entropy, last {window} steps")
+    for axes in (entropy_axes, turn_axes):  # an arm whose entropy ran away would flatten the others to one line
+        if axes.dataLim.y1 > 10 * axes.dataLim.y0 > 0:
+            axes.set_yscale("log")
     turn_axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(out / "learning.png", dpi=100)
