@@ -22,18 +22,19 @@ from __future__ import annotations
 import functools
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from typing_extensions import override
 
 from datamodules.env_pool import EnvPool
 from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
-from datamodules.rollout import RolloutResult, TaskSpec, collect_episodes
+from datamodules.rollout import RolloutResult, TaskSpec, TurnProgress, collect_episodes
 from datamodules.rollout_progress import rollout_progress
 from datamodules.turn_rows import TurnRow, collate_rows, episodes_to_rows, filler_row, group_identical
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
@@ -374,10 +375,28 @@ class RolloutDataModule(pl.LightningDataModule):
                     self.max_turns,
                     evaluation,
                     self.require_think,
-                    progress,
+                    self._after_turn(progress),
                 )
         finally:
             policy.train(was_training)
+
+    def _after_turn(self, progress: Callable[[TurnProgress], None] | None) -> Callable[[TurnProgress], None]:
+        """Report each turn, and end the collection there once the run has received SIGTERM.
+
+        Lightning acts on SIGTERM at the next training batch, which a rollout or an evaluation can keep minutes away
+        with a large model: past a scheduler's grace period the run would be killed without its shutdown. The rollout
+        in progress is discarded; the last checkpoint (end of the previous RL step) is where a resumed run starts.
+        Every rank stops at its own next turn: the launchers (``torchrun``, SLURM's ``srun``, Lightning's own) signal
+        every rank.
+        """
+
+        def after_turn(turn: TurnProgress) -> None:
+            if progress is not None:
+                progress(turn)
+            if self.trainer.received_sigterm:
+                raise SIGTERMException
+
+        return after_turn
 
 
 def score_once(policy: TrainingPolicy, chunks: Sequence[Sequence[list[TurnRow]]], pad_id: int) -> tuple[str, ...]:

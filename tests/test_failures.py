@@ -163,6 +163,30 @@ def test_a_run_hung_in_an_in_process_environment_stops_on_sigterm(tmp_path, tiny
     assert status == 128 + signal.SIGTERM  # stopped, and not reported as a finished run
 
 
+def test_sigterm_ends_a_rollout_at_the_next_turn_instead_of_the_next_batch(tmp_path, tiny_policy_dir):
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "tests/envs/slow_fit.py", str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout.readline().split() == ["step", "0"]  # turn 0 of the first rollout, 2 environments
+        process.send_signal(signal.SIGTERM)
+        after = process.stdout.read().split("\n")
+        status = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert status == 128 + signal.SIGTERM
+    # the turn in progress ends (its other environment's step); before: all 20 turns (40 steps), then the first batch
+    assert after.count("step 0") <= 1
+    assert "stopped 0" in after
+
+
 def test_two_callbacks_that_set_the_same_module_attribute_are_refused(cache_dir, tiny_policy_dir, tmp_path):
     from callbacks import PhaseScheduler
 

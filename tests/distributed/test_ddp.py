@@ -3,6 +3,12 @@ equals one process trained on both ranks' rows, and logs values computed over bo
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule
@@ -13,7 +19,7 @@ from epo_lightning.module import EPOModule
 from epo_lightning.types import TurnBatch
 from epo_lightning.update_weights import update_token_weights
 from tests.conftest import make_trainer
-from tests.distributed.launch import torchrun
+from tests.distributed.launch import ENV, ROOT, free_port, torchrun
 
 
 def test_uneven_ranks_run_the_same_micro_batches_train_every_row_once_and_stay_identical(ddp_run):
@@ -173,3 +179,25 @@ def test_only_the_global_zero_rank_draws_and_the_pictures_hold_both_ranks_entrop
         assert [image.step for image in events.Images(tag)] == [1, 2]  # after steps 2 and 3 (the last)
     assert [event.step for event in events.Histograms("hist/token_entropy")] == [0, 1, 2]
     assert "transcripts/train_0/text_summary" in events.Tags()["tensors"]
+
+
+def test_sigterm_stops_both_ranks_at_their_next_turn_of_a_rollout(tiny_policy_dir, tmp_path):
+    shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "tests/envs/slow_fit.py", str(tmp_path),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, text=True)
+    try:
+        stepped = set()
+        while stepped != {"step 0", "step 1"} and (line := process.stdout.readline()):
+            stepped.add(line.strip())
+        process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks, as SLURM's srun would
+        after = process.stdout.read().split("\n")
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    assert stepped == {"step 0", "step 1"}
+    for rank in (0, 1):  # each ends the turn in progress (at most its 2 environments' steps); before: 40 steps
+        assert after.count(f"step {rank}") <= 2
+        assert f"stopped {rank}" in after  # shut down by the run itself, not killed by torchrun

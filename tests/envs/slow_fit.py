@@ -1,0 +1,48 @@
+"""A fit whose environment steps are slow and never end an episode; run as a process by the tests, then SIGTERMed.
+
+Prints ``step <rank>`` at every environment step, so the test knows when to send the signal and how many steps the
+run took after it, and ``stopped <rank>`` when the fit has shut down. Runs in one process, or on every rank of
+``torchrun`` (gloo, DDP).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+
+from datamodules.envs.embedded.env import EmbeddedTextEnv
+from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.cli import exit_status
+from epo_lightning.module import EPOModule
+from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
+
+
+class SlowSimulator(Callback):
+    def on_fit_start(self, trainer, pl_module):
+        step = EmbeddedTextEnv.step
+
+        def slow(env, action):
+            print(f"step {trainer.global_rank}", flush=True)
+            time.sleep(0.2)
+            observation, _, _, truncated, info = step(env, action)
+            return observation, 0.0, False, truncated, info  # the episode goes on to max_turns
+
+        EmbeddedTextEnv.step = slow
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    data = RolloutDataModule(**{**EASY_DATA, "tasks_per_step": 1, "group_size": 2, "max_turns": 20})
+    trainer = make_trainer(root, devices=world_size, max_epochs=50, limit_val_batches=0, callbacks=[SlowSimulator()])
+    try:
+        with exit_status():
+            trainer.fit(EPOModule(tiny=TEST_PRESET, cache_dir=str(root / "cache")), datamodule=data)
+    finally:
+        print(f"stopped {trainer.global_rank}", flush=True)  # a clean shutdown, not a kill
