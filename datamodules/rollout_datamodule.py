@@ -364,6 +364,7 @@ class RolloutDataModule(pl.LightningDataModule):
             with (
                 torch.random.fork_rng(devices=[]),
                 torch.no_grad(),
+                policy.sampling(),  # FSDP2: the policy gathered once, not at every turn (ranks play unequal turns)
                 rollout_progress(self.trainer, label, self.max_turns) as progress,
             ):
                 torch.manual_seed(torch_seed)

@@ -14,6 +14,7 @@ implements the matching Protocol. The direction of every call (docs/architecture
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -41,6 +42,9 @@ class TrainingPolicy(RolloutPolicy, Protocol):
 
     def eval(self) -> Any:
         """Evaluation mode (``nn.Module.eval``)."""
+
+    def sampling(self) -> AbstractContextManager[None]:
+        """Held around a whole collection (every turn's ``generate``), the same number of times on every rank."""
 
     def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
         """Fill the rollout policy's log-probs and entropy (and the reference's and the critic's values).

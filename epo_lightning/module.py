@@ -16,7 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -403,15 +404,27 @@ class EPOModule(pl.LightningModule):
         The engine is given the current weights first if an optimizer update (or a checkpoint load) changed them.
         """
         temperature = self.hparams.val_temperature if evaluation else self.hparams.temperature
-        if not self._roots_initialized:
-            self._initialize_sharded_roots()
-        with unsharded(self.actor):  # ranks sample different lengths: no per-block gathers while decoding
+        with self.sampling():
             if self._engine_stale:
                 self.rollout_engine.load_weights(self.model)
                 self._engine_stale = False
             return self.rollout_engine.generate(
                 self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens
             )
+
+    @contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Hold what sampling needs for a whole collection: under FSDP2, the policy gathered on every rank.
+
+        Gathering is a collective. Held across every turn of a collection, it runs once per rollout, so ranks whose
+        episodes end after different numbers of turns (and so call ``generate`` a different number of times) never
+        wait on each other; gathered per call, they did, and gloo aborted. Ranks sample different lengths too: no
+        per-block gathers while decoding.
+        """
+        if not self._roots_initialized:
+            self._initialize_sharded_roots()
+        with unsharded(self.actor):
+            yield
 
     @torch.no_grad()
     def _initialize_sharded_roots(self) -> None:

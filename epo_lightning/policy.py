@@ -136,6 +136,9 @@ def generate_responses(
             input_ids=input_ids,
             attention_mask=attention_mask,
             logits_processor=LogitsProcessorList([logits_processor] if logits_processor is not None else []),
+            # each rank decodes alone: under FSDP2 the policy is held gathered for the whole collection
+            # (EPOModule.sampling), and a step synced across ranks would wait forever on a rank that has no turn left
+            synced_gpus=False,
             **({CACHE_NAME: shared} if shared is not None else {}),
         )
     finally:

@@ -35,17 +35,23 @@ def unsharded(module: nn.Module) -> Iterator[None]:
     """Hold every FSDP2 unit of ``module`` gathered (a no-op for a module that is not sharded).
 
     The blocks must not reshard after their forward while held (the next decoding step would gather them again, a
-    collective the other ranks may not make); the root keeps FSDP's own setting, as its forward is not called.
+    collective the other ranks may not make); the root keeps FSDP's own setting, as its forward is not called. A hold
+    inside a hold of the same module does nothing: the outer one gathers and frees.
     """
+    if getattr(module, "_held_unsharded", False):  # inside an enclosing hold: nothing to gather, nothing to free
+        yield
+        return
     units = [unit for unit in module.modules() if isinstance(unit, FSDPModule)]
     blocks = [unit for unit in units if unit is not module]
     for unit in units:
         unit.unshard()
     for block in blocks:
         block.set_reshard_after_forward(False)
+    module._held_unsharded = True
     try:
         yield
     finally:
+        module._held_unsharded = False
         for block in blocks:
             block.set_reshard_after_forward(True)
         for unit in units:

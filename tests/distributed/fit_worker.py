@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
+from datamodules.envs.embedded.env import EmbeddedTextEnv
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
 from epo_lightning.rollout_engine import HFEngine
@@ -31,6 +32,17 @@ def _params(module: EPOModule) -> dict[str, torch.Tensor]:
         value = param.detach()
         full[name] = (value.full_tensor() if hasattr(value, "full_tensor") else value).clone().cpu()
     return full
+
+
+def end_episodes_at_their_first_step() -> None:
+    """Every embedded-suite episode of this process ends at its first step, won or not."""
+    step = EmbeddedTextEnv.step
+
+    def ending(env: EmbeddedTextEnv, action: str) -> tuple:
+        observation, reward, _, truncated, info = step(env, action)
+        return observation, reward, True, truncated, info
+
+    EmbeddedTextEnv.step = ending
 
 
 class Recorder(Callback):
@@ -75,12 +87,15 @@ def main() -> None:
         "--engine", default="hf", choices=["hf", "hf_scored", "vllm"], help="hf_scored: train on HF's recorded scores"
     )
     parser.add_argument("--monitoring", action="store_true", help="TensorBoard with histograms, transcripts, plots")
+    parser.add_argument("--short_rank1", action="store_true", help="rank 1's rollouts end after fewer turns")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
+    if args.short_rank1 and rank == 1:
+        end_episodes_at_their_first_step()
     # uneven on purpose: rank 0 plays 4 task groups of 4, rank 1 one group of 2 (far fewer rows)
     data = RolloutDataModule(
         env_kwargs={"difficulty": "easy"},

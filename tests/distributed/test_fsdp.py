@@ -60,3 +60,14 @@ def test_ppo_with_a_critic_trains_the_same_sharded_and_replicated(ddp_run, tmp_p
         torch.testing.assert_close(runs["fsdp"]["params"][0][name], value, rtol=1e-5, atol=1e-6)
     for key in ("critic/value_loss", "grad_norm/critic", "grad_norm/policy"):
         assert runs["fsdp"]["metrics"][key] == pytest.approx(runs["ddp"]["metrics"][key], rel=1e-4), key
+
+
+def test_ranks_whose_rollouts_take_different_numbers_of_turns_train_sharded(ddp_run, tmp_path):
+    _, cache = ddp_run
+    rank0, rank1 = torchrun(tmp_path / "out", cache, "--steps", "2", "--strategy", "fsdp", "--short_rank1")
+    # rank 0 played all 6 turns (some episodes ran out of them), rank 1 at most 5: its 2 episodes took <= 6 turns
+    assert rank0["counts"][0]["truncated"] > 0 and rank1["counts"][0]["turns"] <= 6
+    for step in range(2):  # before: the policy was gathered at every turn, and rank 1's gloo aborted on the mismatch
+        for name, value in rank0["params"][step].items():
+            assert torch.equal(value, rank1["params"][step][name]), (step, name)
+    assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["params"][-1].items())
