@@ -1,4 +1,5 @@
-"""Two-rank FSDP2 (``ModelParallelStrategy`` over gloo on CPU): trains like DDP, samples while sharded, resumes."""
+"""Two-rank FSDP2 (``ModelParallelStrategy`` over gloo on CPU): trains like DDP, samples while sharded, resumes;
+and, under both strategies, ranks whose rollouts end at different turns."""
 
 from __future__ import annotations
 
@@ -62,12 +63,14 @@ def test_ppo_with_a_critic_trains_the_same_sharded_and_replicated(ddp_run, tmp_p
         assert runs["fsdp"]["metrics"][key] == pytest.approx(runs["ddp"]["metrics"][key], rel=1e-4), key
 
 
-def test_ranks_whose_rollouts_take_different_numbers_of_turns_train_sharded(ddp_run, tmp_path):
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_ranks_whose_rollouts_take_different_numbers_of_turns_train_in_step(ddp_run, tmp_path, strategy):
+    """No collective may run inside a rollout: a rank whose episodes all ended stops sampling before the other."""
     _, cache = ddp_run
-    rank0, rank1 = torchrun(tmp_path / "out", cache, "--steps", "2", "--strategy", "fsdp", "--short_rank1")
+    rank0, rank1 = torchrun(tmp_path / "out", cache, "--steps", "2", "--strategy", strategy, "--short_rank1")
     # rank 0 played all 6 turns (some episodes ran out of them), rank 1 at most 5: its 2 episodes took <= 6 turns
     assert rank0["counts"][0]["truncated"] > 0 and rank1["counts"][0]["turns"] <= 6
-    for step in range(2):  # before: the policy was gathered at every turn, and rank 1's gloo aborted on the mismatch
+    for step in range(2):  # before (FSDP2): the policy was gathered at every turn, and rank 1's gloo aborted
         for name, value in rank0["params"][step].items():
             assert torch.equal(value, rank1["params"][step][name]), (step, name)
     assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["params"][-1].items())
