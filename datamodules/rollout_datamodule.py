@@ -36,6 +36,7 @@ from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
 from datamodules.rollout import RolloutResult, TaskSpec, TurnProgress, collect_episodes
 from datamodules.rollout_progress import rollout_progress
+from datamodules.sigterm import notify_sigterm_locally
 from datamodules.turn_rows import TurnRow, collate_rows, episodes_to_rows, filler_row, group_identical
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
@@ -193,6 +194,7 @@ class RolloutDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ lifecycle
     @override
     def setup(self, stage: str) -> None:
+        notify_sigterm_locally(self.trainer)  # ranks that play unequal turns agree to stop in ``_play``
         # One pool serves training and evaluation, which never run at the same time.
         if self._pool is None:
             size = max(self.tasks_per_step * self.group_size, self.val_tasks)
@@ -357,8 +359,14 @@ class RolloutDataModule(pl.LightningDataModule):
     def _play(
         self, policy: TrainingPolicy, tasks: Sequence[TaskSpec], torch_seed: int, evaluation: bool
     ) -> RolloutResult:
+        """Collect the episodes of ``tasks``; raises ``SIGTERMException`` on every rank once any rank got SIGTERM.
+
+        No collective runs during the collection, since ranks play different numbers of turns; the ranks exchange
+        whether to stop once it has ended (the rank that finished first waits there).
+        """
         was_training = policy.training
         policy.eval()
+        result = None
         try:
             label = "evaluation" if evaluation else f"rollout {self.trainer.current_epoch}"
             with (
@@ -368,7 +376,7 @@ class RolloutDataModule(pl.LightningDataModule):
                 rollout_progress(self.trainer, label, self.max_turns) as progress,
             ):
                 torch.manual_seed(torch_seed)
-                return collect_episodes(
+                result = collect_episodes(
                     policy,
                     self._pool,
                     tasks,
@@ -378,8 +386,13 @@ class RolloutDataModule(pl.LightningDataModule):
                     self.require_think,
                     self._after_turn(progress),
                 )
+        except SIGTERMException:
+            pass  # this rank's collection ended with the turn in progress: the exchange below stops every rank
         finally:
             policy.train(was_training)
+        if self.trainer.strategy.reduce_boolean_decision(result is None, all=False):
+            raise SIGTERMException
+        return result
 
     def _after_turn(self, progress: Callable[[TurnProgress], None] | None) -> Callable[[TurnProgress], None]:
         """Report each turn, and end the collection there once the run has received SIGTERM.
@@ -387,8 +400,8 @@ class RolloutDataModule(pl.LightningDataModule):
         Lightning acts on SIGTERM at the next training batch, which a rollout or an evaluation can keep minutes away
         with a large model: past a scheduler's grace period the run would be killed without its shutdown. The rollout
         in progress is discarded; the last checkpoint (end of the previous RL step) is where a resumed run starts.
-        Every rank stops at its own next turn: the launchers (``torchrun``, SLURM's ``srun``, Lightning's own) signal
-        every rank.
+        Every rank ends its collection at its own next turn (the launchers, ``torchrun``, SLURM's ``srun`` and
+        Lightning's own, signal every rank), and ``_play`` then stops all ranks together.
         """
 
         def after_turn(turn: TurnProgress) -> None:

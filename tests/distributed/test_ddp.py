@@ -181,23 +181,28 @@ def test_only_the_global_zero_rank_draws_and_the_pictures_hold_both_ranks_entrop
     assert "transcripts/train_0/text_summary" in events.Tags()["tensors"]
 
 
-def test_sigterm_stops_both_ranks_at_their_next_turn_of_a_rollout(tiny_policy_dir, tmp_path):
+@pytest.mark.parametrize("rank1", ["playing", "done"])
+def test_sigterm_stops_both_ranks_at_their_next_turn_of_a_rollout(tiny_policy_dir, tmp_path, rank1):
+    """Also when rank 1's episodes have all ended and it waits for rank 0 (before: Lightning's handler broadcast
+    inside the signal handler met that wait, and both ranks hung until torchrun killed them)."""
     shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-        "tests/envs/slow_fit.py", str(tmp_path),
+        "tests/envs/slow_fit.py", str(tmp_path), *(["short_rank1"] if rank1 == "done" else []),
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, text=True)
     try:
-        stepped = set()
-        while stepped != {"step 0", "step 1"} and (line := process.stdout.readline()):
-            stepped.add(line.strip())
+        before: list[str] = []
+        while line := process.stdout.readline():
+            before.append(line.strip())
+            if "step 1" in before and before[before.index("step 1") :].count("step 0") >= (6 if rank1 == "done" else 1):
+                break  # "done": rank 0 has played 3 more turns since rank 1's only one, so rank 1 waits for it
         process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks, as SLURM's srun would
         after = process.stdout.read().split("\n")
         process.wait(timeout=120)
     finally:
         process.kill()
-    assert stepped == {"step 0", "step 1"}
+    assert {"step 0", "step 1"} <= set(before)
     for rank in (0, 1):  # each ends the turn in progress (at most its 2 environments' steps); before: 40 steps
         assert after.count(f"step {rank}") <= 2
         assert f"stopped {rank}" in after  # shut down by the run itself, not killed by torchrun

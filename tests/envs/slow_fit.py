@@ -2,7 +2,8 @@
 
 Prints ``step <rank>`` at every environment step, so the test knows when to send the signal and how many steps the
 run took after it, and ``stopped <rank>`` when the fit has shut down on SIGTERM. Runs in one process, or on every
-rank of ``torchrun`` (gloo, DDP).
+rank of ``torchrun`` (gloo, DDP). With a second argument ``short_rank1``, rank 1's episodes end at their first step,
+so rank 1 has finished its rollout and waits for rank 0 when the signal comes.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
 
 
 class SlowSimulator(Callback):
+    def __init__(self, short_rank1: bool) -> None:
+        self.short_rank1 = short_rank1
+
     def on_fit_start(self, trainer, pl_module):
         step = EmbeddedTextEnv.step
+        ends = self.short_rank1 and trainer.global_rank == 1
 
         def slow(env, action):
             print(f"step {trainer.global_rank}", flush=True)
             time.sleep(0.2)
             observation, _, _, truncated, info = step(env, action)
-            return observation, 0.0, False, truncated, info  # the episode goes on to max_turns
+            return observation, 0.0, ends, truncated, info  # the episode goes on to max_turns, unless it ends
 
         EmbeddedTextEnv.step = slow
 
@@ -40,7 +45,8 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     data = RolloutDataModule(**{**EASY_DATA, "tasks_per_step": 1, "group_size": 2, "max_turns": 20})
-    trainer = make_trainer(root, devices=world_size, max_epochs=50, limit_val_batches=0, callbacks=[SlowSimulator()])
+    simulator = SlowSimulator(short_rank1=sys.argv[2:] == ["short_rank1"])
+    trainer = make_trainer(root, devices=world_size, max_epochs=50, limit_val_batches=0, callbacks=[simulator])
     try:
         with exit_status():
             trainer.fit(EPOModule(tiny=TEST_PRESET, cache_dir=str(root / "cache")), datamodule=data)
