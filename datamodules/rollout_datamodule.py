@@ -340,7 +340,7 @@ class RolloutDataModule(pl.LightningDataModule):
         policy: TrainingPolicy = self.trainer.lightning_module
         rank, world = self.trainer.global_rank, self.trainer.world_size
         items = []
-        for split in VAL_SPLITS:
+        for split in VAL_SPLITS if self.val_tasks else ():  # no task at all: no batch, no metric (not a NaN)
             seeds = list(range(first_seed, first_seed + self.val_tasks))[rank::world]  # each task on exactly one rank
             tasks = [TaskSpec(split, s, i) for i, s in enumerate(seeds)]
             result = self._play(policy, tasks, hash_seed(self.root_seed, split), evaluation=True)

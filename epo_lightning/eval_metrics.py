@@ -26,10 +26,12 @@ class EvalMetrics(nn.Module):
         self.valid_actions = nn.ModuleDict({split: MeanMetric() for split in VAL_PREFIX})
 
     def update(self, batch: dict[str, Any], prefix_map: dict[str, str]) -> dict[str, Metric]:
-        """Add a batch of episodes; returns the metrics to log, by name, for its split (none for an empty batch)."""
+        """Add a batch of episodes; returns the metrics to log, by name, for its split.
+
+        Also for an empty batch (a rank with no task of the split, or whose episodes all failed): it adds nothing, but
+        every rank must log the same metrics, whose values are then pooled over the ranks in one collective.
+        """
         split = batch["split"]
-        if batch["success"].numel() == 0:
-            return {}
         turns = batch["episode_len"]
         self.success[split].update(batch["success"])
         self.episode_len[split].update(turns)

@@ -88,6 +88,7 @@ def main() -> None:
     )
     parser.add_argument("--monitoring", action="store_true", help="TensorBoard with histograms, transcripts, plots")
     parser.add_argument("--short_rank1", action="store_true", help="rank 1's rollouts end after fewer turns")
+    parser.add_argument("--val_tasks", type=int, default=5, help="per split, shared out over the ranks")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -102,7 +103,7 @@ def main() -> None:
         tasks_per_step=4 if rank == 0 else 1,
         group_size=4 if rank == 0 else 2,
         max_turns=6,
-        val_tasks=5,
+        val_tasks=args.val_tasks,
         micro_batch_size=4,
         mini_batch_size=48,
         ppo_epochs=args.ppo_epochs,

@@ -67,9 +67,16 @@ def test_ppo_with_a_critic_trains_the_same_sharded_and_replicated(ddp_run, tmp_p
 def test_ranks_whose_rollouts_take_different_numbers_of_turns_train_in_step(ddp_run, tmp_path, strategy):
     """No collective may run inside a rollout: a rank whose episodes all ended stops sampling before the other."""
     _, cache = ddp_run
-    rank0, rank1 = torchrun(tmp_path / "out", cache, "--steps", "2", "--strategy", strategy, "--short_rank1")
+    rank0, rank1 = torchrun(
+        tmp_path / "out", cache, "--steps", "2", "--strategy", strategy, "--short_rank1", "--val_tasks", "1"
+    )
     # rank 0 played all 6 turns (some episodes ran out of them), rank 1 at most 5: its 2 episodes took <= 6 turns
     assert rank0["counts"][0]["truncated"] > 0 and rank1["counts"][0]["turns"] <= 6
+    # and evaluated no task (1 per split): its empty splits still join the metrics' sync (before: the validation hung)
+    assert [len(v["success"]) for v in rank1["val"]] == [0, 0]
+    for split, prefix in (("val_iid", "val"), ("val_ood", "val_ood")):
+        (played,) = [v["success"] for v in rank0["val"] if v["split"] == split]
+        assert rank0["metrics"][f"{prefix}/success_rate"] == float(played[0])
     for step in range(2):  # before (FSDP2): the policy was gathered at every turn, and rank 1's gloo aborted
         for name, value in rank0["params"][step].items():
             assert torch.equal(value, rank1["params"][step][name]), (step, name)
