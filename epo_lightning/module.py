@@ -316,7 +316,7 @@ class EPOModule(pl.LightningModule):
         mesh = self._data_parallel_mesh()
         if mesh is not None:
             for scorer in filter(None, (self.actor, self.reference)):
-                shard(scorer, scorer.lm.get_decoder().layers, mesh)
+                shard(scorer, scorer.lm.get_decoder().layers, mesh, frozen=scorer is self.reference)
             if self.critic is not None:
                 shard(self.critic, self.critic.backbone.layers, mesh)
 

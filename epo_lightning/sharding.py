@@ -23,11 +23,16 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 
-def shard(root: nn.Module, blocks: Iterable[nn.Module], mesh: DeviceMesh) -> None:
-    """``fully_shard`` each of ``blocks``, then ``root`` (which holds what the blocks do not), over ``mesh``."""
+def shard(root: nn.Module, blocks: Iterable[nn.Module], mesh: DeviceMesh, frozen: bool = False) -> None:
+    """``fully_shard`` each of ``blocks``, then ``root`` (which holds what the blocks do not), over ``mesh``.
+
+    FSDP2 keeps a root unit gathered after its forward, for the backward that follows. A ``frozen`` model (the
+    reference) has no backward: its root frees its embeddings and heads after every forward instead of keeping them
+    gathered for the rest of the run.
+    """
     for block in blocks:
         fully_shard(block, mesh=mesh)
-    fully_shard(root, mesh=mesh)
+    fully_shard(root, mesh=mesh, **({"reshard_after_forward": True} if frozen else {}))
 
 
 @contextmanager

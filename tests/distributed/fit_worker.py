@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.tensor import DTensor
 
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.envs.embedded.env import EmbeddedTextEnv
@@ -50,6 +51,7 @@ class Recorder(Callback):
 
     def __init__(self) -> None:
         self.record: dict[str, Any] = {"params": [], "batches": [], "counts": [], "entropy": [], "val": []}
+        self.record["reference_sharded"] = []  # after each step: the reference's parameters are all DTensors
 
     def on_train_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
         self.record["initial"] = _params(pl_module)
@@ -66,6 +68,9 @@ class Recorder(Callback):
         metric = pl_module.train_entropy  # this rank's own sums (compute() restores them after syncing)
         self.record["entropy"].append((float(metric.mean_value), float(metric.weight)))
         self.record["params"].append(_params(pl_module))
+        if pl_module.reference is not None:
+            sharded = all(isinstance(p, DTensor) for p in pl_module.reference.parameters())
+            self.record["reference_sharded"].append(sharded)
 
     def on_validation_batch_start(self, trainer: Trainer, pl_module: EPOModule, batch: Any, batch_idx: int, *_) -> None:
         self.record["val"].append({"split": batch["split"], "success": batch["success"].clone()})

@@ -24,6 +24,8 @@ def test_sharded_fit_matches_ddp(fsdp_run, ddp_run):
             assert torch.equal(fsdp0["params"][step][name], fsdp1["params"][step][name])  # gathered: one model
             torch.testing.assert_close(fsdp0["params"][step][name], value, rtol=1e-5, atol=1e-6)
     assert [c["rows"] for c in fsdp0["counts"]] == [c["rows"] for c in ddp0["counts"][:2]]  # same rollouts
+    # the reference scored every step and was freed after: before, its root stayed gathered (no backward frees it)
+    assert fsdp0["reference_sharded"] == fsdp1["reference_sharded"] == [True, True]
     assert fsdp0["history"] == pytest.approx(ddp0["history"][:2], rel=1e-5)
     assert fsdp0["metrics"]["val/success_rate"] == pytest.approx(
         float(torch.cat([v["success"] for r in fsdp_run for v in r["val"] if v["split"] == "val_iid"]).mean())
