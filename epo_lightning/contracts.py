@@ -44,7 +44,10 @@ class TrainingPolicy(RolloutPolicy, Protocol):
         """Evaluation mode (``nn.Module.eval``)."""
 
     def sampling(self) -> AbstractContextManager[None]:
-        """Held around a whole collection (every turn's ``generate``), the same number of times on every rank."""
+        """Held around a whole collection (every turn's ``generate``), the same number of times on every rank.
+
+        Entered on every rank at once: it may run collectives (gather a sharded policy, give the engine new weights).
+        """
 
     def score_logprobs(self, batch: TurnBatch) -> TurnBatch:
         """Fill the rollout policy's log-probs and entropy (and the reference's and the critic's values).

@@ -17,7 +17,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -405,25 +405,34 @@ class EPOModule(pl.LightningModule):
         """
         temperature = self.hparams.val_temperature if evaluation else self.hparams.temperature
         with self.sampling():
-            if self._engine_stale:
-                self.rollout_engine.load_weights(self.model)
-                self._engine_stale = False
             return self.rollout_engine.generate(
                 self.model, self.tokenizer, prompts, temperature, self.hparams.max_new_tokens
             )
 
     @contextmanager
     def sampling(self) -> Iterator[None]:
-        """Hold what sampling needs for a whole collection: under FSDP2, the policy gathered on every rank.
+        """Hold what sampling needs for a whole collection, entered on every rank at once.
+
+        The engine gets the current weights, and for an engine that runs the trained model itself the policy stays
+        gathered (under FSDP2) until the collection ends.
 
         Gathering is a collective. Held across every turn of a collection, it runs once per rollout, so ranks whose
         episodes end after different numbers of turns (and so call ``generate`` a different number of times) never
         wait on each other; gathered per call, they did, and gloo aborted. Ranks sample different lengths too: no
-        per-block gathers while decoding.
+        per-block gathers while decoding. An engine with its own weights gets them here too, on every rank at once,
+        and then samples while the policy stays sharded (no second full copy held beside the engine's).
         """
         if not self._roots_initialized:
             self._initialize_sharded_roots()
-        with unsharded(self.actor):
+        hold = self.rollout_engine.samples_with_policy
+        with ExitStack() as gathered:
+            if hold or self._engine_stale:
+                gathered.enter_context(unsharded(self.actor))
+            if self._engine_stale:
+                self.rollout_engine.load_weights(self.model)
+                self._engine_stale = False
+            if not hold:
+                gathered.close()
             yield
 
     @torch.no_grad()

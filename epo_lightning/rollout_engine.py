@@ -36,6 +36,10 @@ class RolloutEngine(ABC):
     #: The engine also returns the entropy of each sampled token's distribution (``Generation.entropies``): with its
     #: log-probs, all that ``model.init_args.old_logprobs: engine`` needs of the rollout policy.
     reports_entropy: bool = False
+    #: The engine runs the trained model itself (``HFEngine``): under FSDP2 the policy is then held gathered through a
+    #: whole collection. An engine with its own copy of the weights (``VLLMEngine``) samples while the policy stays
+    #: sharded; it is gathered only while ``load_weights`` copies it.
+    samples_with_policy: bool = True
 
     @abstractmethod
     def generate(
@@ -58,7 +62,11 @@ class RolloutEngine(ABC):
 
     @abstractmethod
     def load_weights(self, policy: nn.Module) -> None:
-        """Make the engine sample from ``policy``'s current weights (called with the full, unsharded weights)."""
+        """Make the engine sample from ``policy``'s current weights (called with the full, unsharded weights).
+
+        Called at the start of a collection after any update, on every rank at once (whether or not the rank will
+        sample anything), so an engine may start itself here.
+        """
 
 
 class HFEngine(RolloutEngine):

@@ -8,7 +8,7 @@ embeddings, final norm and heads. Parameters, gradients and optimizer states are
 Generation cannot run sharded: ranks sample responses of different lengths, so they would call the blocks a different
 number of times and their parameter all-gathers would pair up wrongly (a hang). ``unsharded`` gathers the whole model
 once before a rollout and frees it after, at the memory cost of one full copy of the policy's parameters per rank for
-the duration of the rollout.
+the duration of the rollout (an engine with its own weights, such as vLLM, needs it only while it copies them).
 """
 
 from __future__ import annotations

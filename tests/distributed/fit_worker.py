@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.envs.embedded.env import EmbeddedTextEnv
 from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.lora import base_model
 from epo_lightning.module import EPOModule
 from epo_lightning.rollout_engine import HFEngine
 from tests.conftest import TEST_PRESET, VLLM_PRESET
@@ -53,6 +54,18 @@ class Recorder(Callback):
         self.record: dict[str, Any] = {"params": [], "batches": [], "counts": [], "entropy": [], "val": []}
         self.record["reference_sharded"] = []  # after each step: the reference's parameters are all DTensors
 
+    def on_fit_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
+        """Record, at every sampling call, whether the policy's parameters are sharded (DTensors) meanwhile."""
+        engine = pl_module.rollout_engine
+        generate = engine.generate
+        self.record["sampled_sharded"] = []
+
+        def recording(policy: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            self.record["sampled_sharded"].append(all(isinstance(p, DTensor) for p in policy.parameters()))
+            return generate(policy, *args, **kwargs)
+
+        engine.generate = recording
+
     def on_train_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
         self.record["initial"] = _params(pl_module)
 
@@ -76,6 +89,14 @@ class Recorder(Callback):
         self.record["val"].append({"split": batch["split"], "success": batch["success"].clone()})
 
 
+class HubLikeSource(Callback):
+    """The policy's ``name_or_path`` becomes a hub id, as for a policy loaded from the hub: not a directory."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
+        model = base_model(pl_module.model)
+        model.name_or_path = model.config._name_or_path = "nobody/not-a-directory"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -94,6 +115,7 @@ def main() -> None:
     parser.add_argument("--monitoring", action="store_true", help="TensorBoard with histograms, transcripts, plots")
     parser.add_argument("--short_rank1", action="store_true", help="rank 1's rollouts end after fewer turns")
     parser.add_argument("--val_tasks", type=int, default=5, help="per split, shared out over the ranks")
+    parser.add_argument("--hub_like_source", action="store_true", help="the policy's name_or_path is a hub id")
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -149,7 +171,8 @@ def main() -> None:
         enable_model_summary=False,
         default_root_dir=args.out,
         callbacks=[history, PhaseScheduler(total_steps=args.phase_steps), recorder, *monitoring]
-        + ([ExportPolicy(args.export)] if args.export else []),
+        + ([ExportPolicy(args.export)] if args.export else [])
+        + ([HubLikeSource()] if args.hub_like_source else []),
     )
     trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
     if args.save_checkpoint:

@@ -13,9 +13,12 @@ pytestmark = pytest.mark.vllm
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_each_rank_samples_the_trained_weights_with_its_own_engine(tmp_path, strategy):
-    args = ("--steps", "2", "--engine", "vllm", "--strategy", strategy)
+    """From a policy loaded by hub id (before, FSDP2 saved its copy for the engine from resharded DTensors)."""
+    args = ("--steps", "2", "--engine", "vllm", "--strategy", strategy, "--hub_like_source")
     records = torchrun(tmp_path / "out", tmp_path / "cache", *args)
     for record in records:
+        # FSDP2: the policy stays sharded while the engine samples (before, a full copy was held beside the engine's)
+        assert record["sampled_sharded"] and set(record["sampled_sharded"]) == {strategy == "fsdp"}
         metrics = record["metrics"]
         # step 1's rollout came after step 0's updates: the engines were given the new weights
         assert metrics["rollout/logprob_gap_max"] < 1e-4
