@@ -194,7 +194,8 @@ class RolloutDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ lifecycle
     @override
     def setup(self, stage: str) -> None:
-        notify_sigterm_locally(self.trainer)  # ranks that play unequal turns agree to stop in ``_play``
+        if self.trainer is not None:  # ranks that play unequal turns agree to stop in ``_play``
+            notify_sigterm_locally(self.trainer)
         # One pool serves training and evaluation, which never run at the same time.
         if self._pool is None:
             size = max(self.tasks_per_step * self.group_size, self.val_tasks)
