@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,17 +147,15 @@ def test_test_tasks_are_held_out_from_validation_and_untrained_evaluation_is_ann
     assert validation and set().union(*played) and not validation & set().union(*played)
 
 
-def test_a_run_hung_in_an_in_process_environment_stops_on_sigterm(tmp_path, tiny_policy_dir, cache_dir):
-    import os
-    import shutil
-    import signal
-    import subprocess
-
-    shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
+def _start_fit(script: str, root: Path, tiny_policy_dir: Path) -> subprocess.Popen:
+    """Run ``script`` (a fit in ``tests/envs``) as its own process on the test preset, already built, under ``root``."""
+    shutil.copytree(tiny_policy_dir, root / "cache" / tiny_policy_dir.name)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen(
-        [sys.executable, "tests/envs/hang_fit.py", str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
-    )
+    return subprocess.Popen([sys.executable, script, str(root)], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_run_hung_in_an_in_process_environment_stops_on_sigterm(tmp_path, tiny_policy_dir, cache_dir):
+    process = _start_fit("tests/envs/hang_fit.py", tmp_path, tiny_policy_dir)
     try:
         assert process.stdout.readline().strip() == "hanging"
         process.send_signal(signal.SIGTERM)
@@ -164,16 +166,7 @@ def test_a_run_hung_in_an_in_process_environment_stops_on_sigterm(tmp_path, tiny
 
 
 def test_sigterm_ends_a_rollout_at_the_next_turn_instead_of_the_next_batch(tmp_path, tiny_policy_dir):
-    import os
-    import shutil
-    import signal
-    import subprocess
-
-    shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen(
-        [sys.executable, "tests/envs/slow_fit.py", str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
-    )
+    process = _start_fit("tests/envs/slow_fit.py", tmp_path, tiny_policy_dir)
     try:
         assert process.stdout.readline().split() == ["step", "0"]  # turn 0 of the first rollout, 2 environments
         process.send_signal(signal.SIGTERM)
