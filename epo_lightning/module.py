@@ -586,8 +586,8 @@ class EPOModule(pl.LightningModule):
         averages the ranks' gradients, so each rank's share is multiplied by the world size.
         """
         weights = batch.loss_weights
-        if weights is None:  # a micro-batch handed in on its own is its own update
-            weights = update_token_weights([[batch]], self.loss_config.agg)[0][0].to(self.device)
+        if weights is None:  # a micro-batch handed in without weights is aggregated on its own, over all ranks
+            weights = update_token_weights([[batch]], self.loss_config.agg, self._all_reduce_sum)[0][0].to(self.device)
         world = self.trainer.world_size
         logprobs, entropy = self._logprobs(self.actor, batch)
         loss, stats = epo_loss(
@@ -628,7 +628,8 @@ class EPOModule(pl.LightningModule):
             values = batch.to_rows(self.critic(*batch.distinct_inputs()))
             value_weights = batch.value_weights
             if value_weights is None:
-                value_weights = update_token_weights([[batch]], "token_mean")[0][0].to(self.device)
+                value_weights = update_token_weights([[batch]], "token_mean", self._all_reduce_sum)[0][0]
+                value_weights = value_weights.to(self.device)
             loss_value, value_clip_frac = value_loss(
                 values,
                 batch.old_values,

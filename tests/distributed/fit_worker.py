@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy, model_parallel
@@ -21,10 +21,11 @@ from torch.distributed.tensor import DTensor
 
 from callbacks import EntropyHistory, ExportPolicy, PhaseScheduler
 from datamodules.envs.embedded.env import EmbeddedTextEnv
-from datamodules.rollout_datamodule import RolloutDataModule
+from datamodules.rollout_datamodule import Batches, RolloutDataModule
 from epo_lightning.lora import base_model
 from epo_lightning.module import EPOModule
 from epo_lightning.rollout_engine import HFEngine
+from epo_lightning.types import TurnBatch
 from tests.conftest import TEST_PRESET, VLLM_PRESET
 
 
@@ -129,6 +130,24 @@ class HubLikeSource(Callback):
         model.name_or_path = model.config._name_or_path = "nobody/not-a-directory"
 
 
+class RecordedBatches(LightningDataModule):
+    """A user's own DataModule: each rank trains on recorded micro-batches, without weights, each its own update."""
+
+    rollout_stats: dict = {}
+    root_seed = None
+
+    def __init__(self, path: Path, rank: int) -> None:
+        super().__init__()
+        unweighted = [
+            {k: v for k, v in b.items() if k not in ("loss_weights", "value_weights", "update_end")}
+            for b in torch.load(path)[rank]
+        ]
+        self.batches = [TurnBatch(**fields) for fields in unweighted]
+
+    def train_dataloader(self) -> Batches[TurnBatch]:
+        return Batches(self.batches)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -153,6 +172,9 @@ def main() -> None:
     parser.add_argument("--break_save", type=int, default=0, help="the N-th sharded save dies after its shards")
     parser.add_argument("--seed_per_rank", action="store_true", help="each rank's own PL_GLOBAL_SEED: 100 + rank")
     parser.add_argument("--empty_first_step", action="store_true", help="every reset of the first rollout fails")
+    parser.add_argument(
+        "--batches", type=Path, default=None, help="train the cached tiny policy on these micro-batches (per rank)"
+    )
     args = parser.parse_args()
     strategy = args.strategy
     if strategy == "fsdp":  # FSDP2 over both ranks
@@ -176,12 +198,15 @@ def main() -> None:
         mini_batch_size=48,
         ppo_epochs=args.ppo_epochs,
     )
+    if args.batches:
+        data = RecordedBatches(args.batches, rank)
     engine = HFEngine(report_logprobs=True) if args.engine == "hf_scored" else None
     if args.engine == "vllm":
         from epo_lightning.vllm_engine import VLLMEngine
 
         engine = VLLMEngine(enforce_eager=True, kv_cache_gb=1)
     module = EPOModule(
+        policy=str(next(p for p in args.cache.iterdir() if p.is_dir())) if args.batches else "tiny",
         tiny=VLLM_PRESET if args.engine == "vllm" else TEST_PRESET,
         rollout_engine=engine,
         old_logprobs="engine" if args.engine == "hf_scored" else "recompute",

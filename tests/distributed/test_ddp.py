@@ -138,6 +138,32 @@ def test_ddp_update_equals_one_process_on_the_pooled_rows(ddp_run, tmp_path):
     assert moved > 1e-3  # the update is far larger than the tolerance
 
 
+def test_micro_batches_handed_in_without_weights_are_aggregated_over_both_ranks(ddp_run, tmp_path):
+    """A user's own DataModule sets no ``loss_weights``: the update is still the pooled rows' agg, not world x it."""
+    (rank0, rank1), cache = ddp_run
+    first = [record["batches"][0] for record in (rank0, rank1)]  # each rank's first micro-batch of step 0
+    assert all(float(batch["response_mask"].sum()) > 0 for batch in first)
+    torch.save([[batch] for batch in first], tmp_path / "batches.pt")  # one micro-batch per rank
+    trained = torchrun(tmp_path / "out", cache, "--steps", "1", "--batches", str(tmp_path / "batches.pt"))
+    pooled = _pool(*first, pad_id=0)
+    pooled.loss_weights, pooled.update_end = None, True
+
+    policy_dir = next(p for p in cache.iterdir() if p.is_dir())
+    module = EPOModule(
+        policy=str(policy_dir),
+        loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
+        entropy_coef=0.01,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+    )
+    make_trainer(tmp_path, max_epochs=1).fit(module, datamodule=PooledData([pooled]))
+    moved = 0.0
+    for name, param in module.model.named_parameters():
+        assert torch.equal(trained[0]["params"][0][name], trained[1]["params"][0][name]), name
+        torch.testing.assert_close(param.detach(), trained[0]["params"][0][name], rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((param.detach() - trained[0]["initial"][name]).abs().max()))
+    assert moved > 1e-3  # the update is far larger than the tolerance
+
+
 def test_logged_values_pool_both_ranks(ddp_run):
     (rank0, rank1), _ = ddp_run
     metrics = rank0["metrics"]
