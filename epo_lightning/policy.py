@@ -67,11 +67,36 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
 
 
 def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every id that ends a response: the tokenizer's eos and the checkpoint's (Instruct models often list several)."""
-    ids = {tokenizer.eos_token_id}
+    """Every id that ends a response: the tokenizer's eos, the checkpoint's and the chat template's end of turn.
+
+    Instruct checkpoints often list several ids; a base model's own eos is not the token its chat template closes an
+    assistant turn with, so a base model prompted through the template would otherwise never stop before
+    ``max_new_tokens``.
+    """
+    ids = {tokenizer.eos_token_id, chat_template_end_of_turn_id(tokenizer)}
     configured = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)
+
+
+def chat_template_end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes right after an assistant message, or None.
+
+    ChatML's ``<|im_end|>``, Llama 3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``. None without a template, with a
+    template that closes turns with plain text, or with one that cannot render a user-then-assistant exchange.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = "EPO_PROBE"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 - templates raise whatever Jinja or their own checks raise; then none is known
+        return None
+    if not isinstance(text, str) or probe not in text:
+        return None
+    after = tokenizer(text[text.rindex(probe) + len(probe) :], add_special_tokens=False)["input_ids"]
+    return after[0] if after and after[0] in tokenizer.all_special_ids else None
 
 
 def sampling_config(

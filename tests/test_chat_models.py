@@ -7,13 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from datamodules.prompts import CHAT_INSTRUCTION, PromptBuilder
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.logprobs import response_logprobs_and_entropy
 from epo_lightning.module import EPOModule
-from epo_lightning.policy import generate_responses, load_policy
+from epo_lightning.policy import chat_template_end_of_turn_id, end_of_turn_ids, generate_responses, load_policy
 from epo_lightning.pretrained import resolve_policy
 from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
 
@@ -133,3 +134,58 @@ def test_one_rl_step_of_the_smollm2_config_end_to_end(cache_dir, tmp_path, monke
     assert cli.trainer.global_step >= 1 and torch.isfinite(metrics["loss/total"])
     assert metrics["rollout/turn_samples"] >= 2 and 0.0 <= metrics["rollout/valid_action_ratio"] <= 1.0
     assert float(metrics["ppo/approx_kl"]) >= 0.0
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }} {{ m.content }}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+def _chatml_base_model() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A base model whose eos (``<|endoftext|>``) is not the end of turn its ChatML template writes (``<|im_end|>``).
+
+    Its output layer is zero: every token is equally likely, so ``<|im_end|>`` comes up early and often.
+    """
+    words = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "user", "assistant", "open", "box", "look"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer.chat_template = CHATML
+    config = LlamaConfig(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    config.tie_word_embeddings, config.eos_token_id = False, 0
+    model = LlamaForCausalLM(config).eval()
+    torch.nn.init.zeros_(model.lm_head.weight)
+    return model, tokenizer
+
+
+def test_a_base_model_prompted_through_its_chat_template_stops_at_the_template_end_of_turn():
+    model, tokenizer = _chatml_base_model()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert chat_template_end_of_turn_id(tokenizer) == im_end
+    assert end_of_turn_ids(model, tokenizer) == [0, im_end]
+    prompt = PromptBuilder().encode(tokenizer, "look")  # the framework's prompt, rendered by the template
+    assert prompt[-2:] == tokenizer.convert_tokens_to_ids(["<|im_start|>", "assistant"])
+    torch.manual_seed(0)
+    responses = generate_responses(model, tokenizer, [prompt] * 64, temperature=1.0, max_new_tokens=6)
+    assert sum(r[-1] == im_end for r in responses) >= 10  # uniform over 9 tokens: ~1 in 9 per position
+    for response in responses:  # cut at the first end of turn, whichever
+        assert im_end not in response[:-1] and 0 not in response[:-1]
+
+
+def test_no_end_of_turn_token_is_guessed_from_a_template_that_ends_turns_with_text_or_cannot_render_them():
+    _, tokenizer = _chatml_base_model()
+    tokenizer.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }} look {% endfor %}"
+    assert chat_template_end_of_turn_id(tokenizer) is None  # "look" is an ordinary word
+    tokenizer.chat_template = "{{ raise_exception('only user messages') }}"
+    assert chat_template_end_of_turn_id(tokenizer) is None
+    tokenizer.chat_template = None
+    assert chat_template_end_of_turn_id(tokenizer) is None
