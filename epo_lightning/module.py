@@ -188,6 +188,10 @@ class EPOModule(pl.LightningModule):
             )
         if smoothing_gate_turn is not None and smoothing_gate_turn < 0:
             raise ValueError(f"model.smoothing_gate_turn must be >= 0 or null, got {smoothing_gate_turn}.")
+        if logprob_chunk_size < 1:
+            raise ValueError(
+                f"model.logprob_chunk_size (response positions per chunk) must be >= 1, got {logprob_chunk_size}."
+            )
         self.rollout_engine = rollout_engine or HFEngine()
         engine = self.rollout_engine
         #: pi_old and the rollout entropy are the engine's (no scoring forward of the trained policy)

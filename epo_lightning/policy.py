@@ -37,7 +37,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def load_policy(
     name_or_path: str | Path, dtype: str = "float32", attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer (a pad token is set to eos when the tokenizer has none).
+    """Load a causal LM and its tokenizer (a tokenizer without a pad token pads with eos; it must have one of them).
 
     Args:
         name_or_path: hub id or local directory saved with ``save_pretrained``.
@@ -47,6 +47,12 @@ def load_policy(
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"The tokenizer of {name_or_path} has neither a pad nor an eos token: rows are padded and responses end "
+            "with them. Add one (tokenizer.add_special_tokens({'eos_token': ...}), then save_pretrained) and point "
+            "model.policy at the saved directory."
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}

@@ -189,3 +189,12 @@ def test_no_end_of_turn_token_is_guessed_from_a_template_that_ends_turns_with_te
     assert chat_template_end_of_turn_id(tokenizer) is None
     tokenizer.chat_template = None
     assert chat_template_end_of_turn_id(tokenizer) is None
+
+
+def test_a_tokenizer_without_pad_or_eos_is_refused_when_loaded_with_what_to_add(tmp_path):
+    model, tokenizer = _chatml_base_model()
+    tokenizer.eos_token = tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="neither a pad nor an eos token.*add_special_tokens"):
+        load_policy(tmp_path)

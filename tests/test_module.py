@@ -104,6 +104,8 @@ def test_tiny_policy_without_a_rollout_datamodule_says_what_to_change(cache_dir,
 def test_bad_arguments_fail_at_construction():
     with pytest.raises(ValueError, match="temperature"):
         EPOModule(temperature=0.0)
+    with pytest.raises(ValueError, match="logprob_chunk_size"):
+        EPOModule(logprob_chunk_size=0)
     with pytest.raises(ValueError, match="group_size"):
         RolloutDataModule(group_size=0)
     with pytest.raises(ValueError, match="unknown env"):
