@@ -195,6 +195,12 @@ class VLLMEngine(RolloutEngine):
             # split on CPU.
             options.setdefault("enable_chunked_prefill", False)
         single_process = not torch.distributed.is_initialized()
+        if not single_process:
+            # vLLM's one-process executor drops the device index and puts every rank's engine on device 0; the
+            # external-launcher executor takes LOCAL_RANK, so each rank's engine runs on its rank's own device
+            os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
+            os.environ.setdefault("LOCAL_RANK", str(torch.cuda.current_device() if torch.cuda.is_available() else 0))
+            options.setdefault("distributed_executor_backend", "external_launcher")
         self.llm = LLM(
             model=self._config_dir.name,
             load_format="dummy",

@@ -99,6 +99,11 @@ class Recorder(Callback):
         metric = pl_module.train_entropy  # this rank's own sums (compute() restores them after syncing)
         self.record["entropy"].append((float(metric.mean_value), float(metric.weight)))
         self.record["params"].append(_params(pl_module))
+        llm = getattr(pl_module.rollout_engine, "llm", None)
+        if llm is not None:  # the device index of this rank's vLLM engine (cuda:<local rank> on GPUs)
+            self.record["engine_local_rank"] = (
+                llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.local_rank
+            )
         if pl_module.reference is not None:
             sharded = all(isinstance(p, DTensor) for p in pl_module.reference.parameters())
             self.record["reference_sharded"].append(sharded)

@@ -24,6 +24,7 @@ def test_each_rank_samples_the_trained_weights_with_its_own_engine(tmp_path, str
         assert metrics["rollout/logprob_gap_max"] < 1e-4
         assert [counts["rows"] for counts in record["counts"]] and all(c["env_errors"] == 0 for c in record["counts"])
     first, second = records
+    assert [first["engine_local_rank"], second["engine_local_rank"]] == [0, 1]  # on GPUs: cuda:0 and cuda:1
     assert first["counts"][0]["episodes"] == 16 and second["counts"][0]["episodes"] == 2  # the uneven split
     for step in range(2):  # the ranks' (full) policies stayed identical, and they trained
         for name, value in first["params"][step].items():
