@@ -523,6 +523,7 @@ def rollout_counts(
         "truncated": float(sum(e.truncated for e in episodes)),
         "turns": float(len(turns)),
         "valid_turns": float(sum(t.valid for t in turns)),
+        "response_tokens": float(sum(len(t.response_ids) for t in turns)),
         "env_errors": float(sum(e.env_error for e in result.episodes)),
         "env_restarts": float(env_restarts),
         "rows": float(num_rows),

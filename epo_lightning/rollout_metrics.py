@@ -23,6 +23,7 @@ ROLLOUT_COUNTS = (
     "truncated",
     "turns",
     "valid_turns",
+    "response_tokens",
     "env_errors",
     "env_restarts",
     "rows",
@@ -40,6 +41,7 @@ _RATES = {
     "rollout/episode_len": ("turns", "episodes"),
     "rollout/truncated_frac": ("truncated", "episodes"),
     "rollout/valid_action_ratio": ("valid_turns", "turns"),
+    "rollout/response_len": ("response_tokens", "turns"),
     "train/padding_frac": ("padded_positions", "positions"),
     "train/distinct_row_frac": ("distinct_rows", "rows"),
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy, model_parallel
 from torch.distributed.tensor import DTensor
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--break_save", type=int, default=0, help="the N-th sharded save dies after its shards")
     parser.add_argument("--seed_per_rank", action="store_true", help="each rank's own PL_GLOBAL_SEED: 100 + rank")
     parser.add_argument("--empty_first_step", action="store_true", help="every reset of the first rollout fails")
+    parser.add_argument("--stop_on_valid_ratio", type=float, default=None, help="EarlyStopping under this ratio")
     parser.add_argument(
         "--batches", type=Path, default=None, help="train the cached tiny policy on these micro-batches (per rank)"
     )
@@ -246,6 +247,19 @@ def main() -> None:
         + ([ExportPolicy(args.export)] if args.export else [])
         + ([HubLikeSource()] if args.hub_like_source else [])
         + ([FirstRolloutFails()] if args.empty_first_step else [])
+        + (
+            [
+                EarlyStopping(  # as the README's collapse guard: after each RL step, on the divergence only
+                    "rollout/valid_action_ratio",
+                    mode="max",
+                    divergence_threshold=args.stop_on_valid_ratio,
+                    patience=1000,
+                    check_on_train_epoch_end=True,
+                )
+            ]
+            if args.stop_on_valid_ratio is not None
+            else []
+        )
         + (
             [ModelCheckpoint(args.checkpoint_dir, save_last=True, save_on_train_epoch_end=True)]
             if args.checkpoint_dir

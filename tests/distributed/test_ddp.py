@@ -164,6 +164,16 @@ def test_micro_batches_handed_in_without_weights_are_aggregated_over_both_ranks(
     assert moved > 1e-3  # the update is far larger than the tolerance
 
 
+def test_early_stopping_on_a_collapse_metric_stops_both_ranks_after_the_step_that_crossed_it(ddp_run, tmp_path):
+    (rank0, rank1), cache = ddp_run
+    first = [record["counts"][0] for record in (rank0, rank1)]  # step 0 is the same in every run from this cache
+    assert 0.0 < sum(c["valid_turns"] for c in first) / sum(c["turns"] for c in first) < 1.0
+    stopped = torchrun(tmp_path / "out", cache, "--steps", "3", "--stop_on_valid_ratio", "1.0")
+    assert [len(record["params"]) for record in stopped] == [1, 1]  # under 1.0 after step 0: no step 1 on either
+    kept = torchrun(tmp_path / "kept", cache, "--steps", "3", "--stop_on_valid_ratio", "0.0")
+    assert [len(record["params"]) for record in kept] == [3, 3]
+
+
 def test_logged_values_pool_both_ranks(ddp_run):
     (rank0, rank1), _ = ddp_run
     metrics = rank0["metrics"]
@@ -172,6 +182,10 @@ def test_logged_values_pool_both_ranks(ddp_run):
     assert metrics["rollout/success_rate"] == pytest.approx(pooled["successes"] / pooled["episodes"])
     assert metrics["rollout/valid_action_ratio"] == pytest.approx(pooled["valid_turns"] / pooled["turns"])
     assert metrics["rollout/episode_len"] == pytest.approx(pooled["turns"] / pooled["episodes"])
+    assert metrics["rollout/response_len"] == pytest.approx(pooled["response_tokens"] / pooled["turns"])
+    for record in (rank0, rank1):  # the generated tokens of the turns trained on, as the trained rows count them
+        trained = sum(float(batch["response_mask"].sum()) for batch in record["batches"])
+        assert record["counts"][0]["response_tokens"] == trained > 0
     assert metrics["rollout/turn_samples"] == pooled["rows"]
     assert metrics["rollout/env_errors"] == pooled["env_errors"]
     rate = last0["generated_tokens"] / last0["seconds"] + last1["generated_tokens"] / last1["seconds"]
