@@ -22,6 +22,9 @@ ACTION_CLOSE = "</action>"
 #: Every word the plain template itself contributes (the tiny tokenizer's vocabulary adds these to the env's words).
 TEMPLATE_WORDS: tuple[str, ...] = ("goal", "before", "you", "did", "now", "actions", ":", ";", ".", "|")
 
+#: the shortest prompt bound that still holds a prompt's ends (``keep_ends``)
+MIN_PROMPT_TOKENS = 8
+
 CHAT_INSTRUCTION = (
     "You are an agent in a text game. Reason step by step inside <think> </think> tags, then answer with exactly "
     "one of the admissible actions inside <action> </action> tags."
@@ -50,8 +53,10 @@ class PromptBuilder:
     def __post_init__(self) -> None:
         if self.history_length < 0:
             raise ValueError(f"history_length must be >= 0, got {self.history_length}; use 0 for no history.")
-        if self.max_tokens is not None and self.max_tokens < 8:
-            raise ValueError(f"max_prompt_tokens must be >= 8 (or null for no limit), got {self.max_tokens}.")
+        if self.max_tokens is not None and self.max_tokens < MIN_PROMPT_TOKENS:
+            raise ValueError(
+                f"max_prompt_tokens must be >= {MIN_PROMPT_TOKENS} (or null for no limit), got {self.max_tokens}."
+            )
 
     def render(self, task: str, history: Sequence[tuple[str, str]], observation: str, admissible: Sequence[str]) -> str:
         """Return the prompt text. ``history`` holds all past (observation, action) pairs, oldest first."""
@@ -102,8 +107,8 @@ def keep_ends(ids: list[int], max_tokens: int) -> list[int]:
     if len(ids) <= max_tokens:
         return ids
     warnings.warn(
-        "Prompts longer than data.max_prompt_tokens lose their middle (the oldest history first); raise the limit or "
-        "lower data.history_length to keep them whole.",
+        "Prompts longer than data.max_prompt_tokens (unset: the policy's context less model.max_new_tokens) lose "
+        "their middle (the oldest history first); lower data.history_length to keep them whole.",
         stacklevel=2,
     )
     head = max_tokens // 4

@@ -19,6 +19,7 @@ a checkpoint after step k replays exactly what the uninterrupted run does at ste
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
@@ -34,7 +35,7 @@ from typing_extensions import override
 
 from datamodules.env_pool import EnvPool
 from datamodules.envs import check_contract, get_suite
-from datamodules.prompts import CHAT_INSTRUCTION, TEMPLATE_WORDS
+from datamodules.prompts import CHAT_INSTRUCTION, MIN_PROMPT_TOKENS, TEMPLATE_WORDS, PromptBuilder
 from datamodules.rollout import RolloutResult, TaskSpec, TurnProgress, collect_episodes
 from datamodules.rollout_progress import rollout_progress
 from datamodules.sigterm import notify_sigterm_locally
@@ -100,7 +101,9 @@ class RolloutDataModule(pl.LightningDataModule):
             the user message, and the chat template adds its default system message, if any.
         chat_template_kwargs: extra variables for the tokenizer's chat template (e.g. ``{enable_thinking: false}``).
         max_prompt_tokens: the longest prompt in tokens (the paper's runs: 2048); a longer one loses its middle, the
-            oldest history first (``datamodules.prompts.keep_ends``), with a warning. None: no limit.
+            oldest history first (``datamodules.prompts.keep_ends``), with a warning. None: what the policy's
+            context leaves beside a response of ``model.max_new_tokens`` (no limit if the policy states none); a
+            larger value is refused before the first episode.
         num_transcripts: episodes per RL step (and per evaluation split) kept as text for the loggers
             (``epo_lightning.transcripts``).
         num_workers: environment worker processes that step the environments concurrently (``EnvPool``); 0 steps
@@ -420,6 +423,28 @@ class RolloutDataModule(pl.LightningDataModule):
             )
         return items
 
+    def _prompts_within(self, limit: int | None) -> PromptBuilder:
+        """The prompt builder, with its token bound (``data.max_prompt_tokens``) at most ``limit``.
+
+        Unset, the bound is ``limit`` (the policy's context less ``model.max_new_tokens``); set above it, the run is
+        refused before the first episode, on every rank alike.
+        """
+        bound = self.prompt_builder.max_tokens
+        if limit is None or (bound is not None and bound <= limit):
+            return self.prompt_builder
+        if limit < MIN_PROMPT_TOKENS:
+            raise ConfigurationError(
+                f"The policy's context leaves {limit} tokens for a prompt beside a response of model.max_new_tokens: "
+                "lower model.max_new_tokens."
+            )
+        if bound is not None:
+            raise ConfigurationError(
+                f"data.max_prompt_tokens is {bound}, but the policy's context leaves {limit} tokens for a prompt "
+                f"beside a response of model.max_new_tokens: set data.max_prompt_tokens to at most {limit}, or lower "
+                "model.max_new_tokens."
+            )
+        return dataclasses.replace(self.prompt_builder, max_tokens=limit)
+
     def _play(
         self, policy: TrainingPolicy, tasks: Sequence[TaskSpec], torch_seed: int, evaluation: bool
     ) -> RolloutResult:
@@ -428,6 +453,7 @@ class RolloutDataModule(pl.LightningDataModule):
         No collective runs during the collection, since ranks play different numbers of turns; the ranks exchange
         whether to stop once it has ended (the rank that finished first waits there).
         """
+        prompts = self._prompts_within(policy.prompt_token_limit)
         was_training = policy.training
         policy.eval()
         result = None
@@ -444,7 +470,7 @@ class RolloutDataModule(pl.LightningDataModule):
                     policy,
                     self._pool,
                     tasks,
-                    self.prompt_builder,
+                    prompts,
                     self.max_turns,
                     evaluation,
                     self.require_think,

@@ -26,6 +26,8 @@ class RolloutPolicy(Protocol):
     """What collecting episodes needs from a policy."""
 
     tokenizer: Any
+    #: the longest prompt, in tokens, that leaves room for a whole response (None: no known limit)
+    prompt_token_limit: int | None
 
     def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> Generation:
         """Sample one response (token ids, and the engine's log-probs if it reports them) per prompt."""

@@ -38,7 +38,7 @@ from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.errors import ConfigurationError
 from epo_lightning.eval_metrics import TEST_PREFIX, VAL_PREFIX, EvalMetrics
 from epo_lightning.logprobs import ResponseScorer
-from epo_lightning.lora import LoraSettings, adapters_disabled
+from epo_lightning.lora import LoraSettings, adapters_disabled, base_model
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import enable_gradient_checkpointing, load_policy
 from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
@@ -408,6 +408,19 @@ class EPOModule(pl.LightningModule):
         return {name for name, param in self.named_parameters(remove_duplicate=False) if not param.requires_grad}
 
     # ------------------------------------------------------------------ what rollouts call
+    @property
+    def prompt_token_limit(self) -> int | None:
+        """The longest prompt that leaves room for a whole response, or None when nothing states a context length.
+
+        The context is the policy's ``max_position_embeddings`` or the engine's ``max_model_len``, whichever is
+        shorter, less ``max_new_tokens``. A longer prompt makes a model with learned positions fail and vLLM refuse
+        the request; one with rotary positions reads positions it was never trained on.
+        """
+        contexts = [getattr(base_model(self.model).config, "max_position_embeddings", None)]
+        contexts.append(self.rollout_engine.max_model_len)
+        known = [context for context in contexts if context]
+        return min(known) - self.hparams.max_new_tokens if known else None
+
     def generate(self, prompts: Sequence[Sequence[int]], evaluation: bool = False) -> Generation:
         """Sample one response per prompt at the training or evaluation temperature, with the rollout engine.
 

@@ -40,6 +40,8 @@ class RolloutEngine(ABC):
     #: whole collection. An engine with its own copy of the weights (``VLLMEngine``) samples while the policy stays
     #: sharded; it is gathered only while ``load_weights`` copies it.
     samples_with_policy: bool = True
+    #: The longest prompt plus response the engine accepts, or None for the policy's own context length.
+    max_model_len: int | None = None
 
     @abstractmethod
     def generate(

@@ -1,8 +1,12 @@
+import json
+import shutil
+
 import pytest
 import torch
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
+from epo_lightning.errors import ConfigurationError
 from epo_lightning.module import EPOModule
 from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
 
@@ -137,3 +141,43 @@ def test_transcripts_histograms_and_hparams_reach_the_loggers(cache_dir, tmp_pat
     assert (
         logged["entropy_coef"] == 0.001 and logged["group_size"] == 4 and logged["env_kwargs"] == {"difficulty": "easy"}
     )
+
+
+def _short_context_module(tiny_policy_dir, tmp_path, positions: int, engine_len: int | None = None):
+    """The tiny policy, stating a context of ``positions`` tokens (its engine, optionally, a shorter one), and the
+    prompts its engine is asked to sample from."""
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_policy_dir, policy)
+    config = json.loads((policy / "config.json").read_text())
+    (policy / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    module = EPOModule(policy=str(policy), max_new_tokens=8)
+    engine, prompts = module.rollout_engine, []
+    engine.max_model_len = engine_len
+    generate = engine.generate
+
+    def recording(policy, tokenizer, batch, *args):
+        prompts.extend(list(p) for p in batch)
+        return generate(policy, tokenizer, batch, *args)
+
+    engine.generate = recording
+    return module, prompts
+
+
+@pytest.mark.parametrize(("positions", "engine_len"), [(64, None), (128, 72)])  # prompts here: 30-136 tokens
+def test_prompts_are_bounded_by_what_the_context_leaves_for_a_response(
+    tiny_policy_dir, tmp_path, positions, engine_len
+):
+    module, prompts = _short_context_module(tiny_policy_dir, tmp_path, positions, engine_len)
+    with pytest.warns(UserWarning, match="lose their middle"):
+        make_trainer(tmp_path).validate(module, datamodule=RolloutDataModule(**EASY_DATA))
+    limit = min(positions, engine_len or positions) - 8
+    assert max(len(p) for p in prompts) == limit  # the longer prompts cut to the limit, the others whole
+    assert min(len(p) for p in prompts) < limit
+
+
+def test_a_prompt_bound_the_context_cannot_hold_is_refused_before_the_first_episode(tiny_policy_dir, tmp_path):
+    module, prompts = _short_context_module(tiny_policy_dir, tmp_path, 40)
+    data = RolloutDataModule(**EASY_DATA, max_prompt_tokens=100)
+    with pytest.raises(ConfigurationError, match="max_prompt_tokens is 100.*at most 32"):
+        make_trainer(tmp_path).validate(module, datamodule=data)
+    assert prompts == []

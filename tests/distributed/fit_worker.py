@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--break_save", type=int, default=0, help="the N-th sharded save dies after its shards")
     parser.add_argument("--seed_per_rank", action="store_true", help="each rank's own PL_GLOBAL_SEED: 100 + rank")
     parser.add_argument("--empty_first_step", action="store_true", help="every reset of the first rollout fails")
+    parser.add_argument("--max_prompt_tokens", type=int, default=None)
     parser.add_argument("--stop_on_valid_ratio", type=float, default=None, help="EarlyStopping under this ratio")
     parser.add_argument(
         "--batches", type=Path, default=None, help="train the cached tiny policy on these micro-batches (per rank)"
@@ -203,6 +204,7 @@ def main() -> None:
         micro_batch_size=4,
         mini_batch_size=48,
         ppo_epochs=args.ppo_epochs,
+        max_prompt_tokens=args.max_prompt_tokens,
     )
     if args.batches:
         data = RecordedBatches(args.batches, rank)

@@ -22,8 +22,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(out: Path, cache: Path, *args: str, timeout: float = 600, fails: bool = False) -> list[dict]:
-    """Run ``fit_worker.py`` on two gloo ranks and return each rank's record (none when it ``fails``, as expected)."""
+def torchrun(
+    out: Path, cache: Path, *args: str, timeout: float = 600, fails: bool = False, saying: str = ""
+) -> list[dict]:
+    """Run ``fit_worker.py`` on two gloo ranks and return each rank's record (none when it ``fails``, as expected,
+    with ``saying`` in its error output)."""
     out.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
@@ -31,7 +34,7 @@ def torchrun(out: Path, cache: Path, *args: str, timeout: float = 600, fails: bo
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout)
     if fails:
-        assert done.returncode != 0, done.stderr[-4000:]
+        assert done.returncode != 0 and saying in done.stderr, done.stderr[-4000:]
         return []
     assert done.returncode == 0, done.stderr[-4000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]

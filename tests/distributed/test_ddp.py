@@ -174,6 +174,12 @@ def test_early_stopping_on_a_collapse_metric_stops_both_ranks_after_the_step_tha
     assert [len(record["params"]) for record in kept] == [3, 3]
 
 
+def test_a_prompt_bound_the_context_cannot_hold_stops_both_ranks_before_the_first_episode(ddp_run, tmp_path):
+    _, cache = ddp_run  # the test preset's context: 512 positions, less 8 new tokens
+    saying = "data.max_prompt_tokens is 600, but the policy's context leaves 504 tokens"
+    torchrun(tmp_path / "out", cache, "--max_prompt_tokens", "600", timeout=300, fails=True, saying=saying)
+
+
 def test_logged_values_pool_both_ranks(ddp_run):
     (rank0, rank1), _ = ddp_run
     metrics = rank0["metrics"]
