@@ -606,6 +606,7 @@ class EPOModule(pl.LightningModule):
         if weights is None:  # a micro-batch handed in without weights is aggregated on its own, over all ranks
             weights = update_token_weights([[batch]], self.loss_config.agg, self._all_reduce_sum)[0][0].to(self.device)
         world = self.trainer.world_size
+        h_ref = self._row_reference(batch)
         logprobs, entropy = self._logprobs(self.actor, batch)
         loss, stats = epo_loss(
             logprobs,
@@ -616,7 +617,7 @@ class EPOModule(pl.LightningModule):
             batch.traj_index,
             self.loss_config,
             entropy_coef=self.entropy_coef,
-            h_ref=self._row_reference(batch),
+            h_ref=h_ref,
             beta=self.beta,
             ref_logprobs=batch.ref_logprobs,
             old_entropy=batch.old_entropy,
@@ -632,11 +633,7 @@ class EPOModule(pl.LightningModule):
             "loss/kl": stats.loss_kl,
         }
         tokens = batch.response_mask.sum()
-        fractions = {
-            "ppo/clip_frac": stats.clip_frac,
-            "ppo/approx_kl": stats.approx_kl,
-            "entropy/in_corridor_frac": stats.in_corridor_frac,
-        }
+        fractions = {"ppo/clip_frac": stats.clip_frac, "ppo/approx_kl": stats.approx_kl}
         if self.loss_config.policy_loss != "vanilla":
             fractions["ppo/cov_selected_frac"] = stats.cov_selected_frac
         if self.loss_config.erc_low is not None:
@@ -670,6 +667,9 @@ class EPOModule(pl.LightningModule):
             )
         self.train_metrics.add_shares(share, world)
         self.train_metrics.add_fractions(fractions, tokens)
+        # only the tokens that had a corridor: none before the first reference, none where smoothing is gated off
+        corridor_tokens = tokens if h_ref is not None else torch.zeros_like(tokens)
+        self.train_metrics.add_fractions({"entropy/in_corridor_frac": stats.in_corridor_frac}, corridor_tokens)
         self.train_entropy.update(stats.entropy_token_mean, weight=tokens)
         self.train_turn_entropy.update(entropy.detach(), batch.response_mask, batch.turn_index)
         if batch.update_end:
@@ -764,6 +764,8 @@ class EPOModule(pl.LightningModule):
             scheduler.step()
         self.train_metrics.add("time/train_s", time.perf_counter() - self._epoch_start)
         values = self.train_metrics.compute(self._updates_this_step)
+        if math.isnan(values["entropy/in_corridor_frac"]):  # no token had a corridor this step (on any rank)
+            del values["entropy/in_corridor_frac"]
         for name, metric in self.rollout_metrics.items():
             if metric.update_called:
                 values[name] = float(metric.compute())

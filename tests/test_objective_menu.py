@@ -156,6 +156,18 @@ def test_per_turn_reference_is_looked_up_per_row_and_the_gate_switches_it_off():
     torch.testing.assert_close(module._row_reference(late), torch.tensor([1.0, 3.0, 3.0]))  # turn 7 -> last slot
 
 
+@pytest.mark.parametrize("gate", [None, 99])
+def test_the_corridor_fraction_counts_only_tokens_that_had_a_corridor(cache_dir, tiny_policy_dir, tmp_path, gate):
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), smoothing_gate_turn=gate)
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[EntropyHistory()])
+    trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
+    metrics = trainer.callback_metrics  # step 0 has no reference yet; step 1 has step 0's entropy
+    if gate is None:
+        assert 0.0 < float(metrics["entropy/in_corridor_frac"]) < 1.0
+    else:  # no episode reaches turn 99: smoothing was off for every token, so there is no fraction to report
+        assert "entropy/in_corridor_frac" not in metrics and "entropy/reference" in metrics
+
+
 def test_reference_code_callbacks_feed_a_per_turn_reference_from_step_zero(cache_dir, tiny_policy_dir, tmp_path):
     seen = []
 
