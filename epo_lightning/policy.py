@@ -102,7 +102,10 @@ def chat_template_end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | No
     if not isinstance(text, str) or probe not in text:
         return None
     after = tokenizer(text[text.rindex(probe) + len(probe) :], add_special_tokens=False)["input_ids"]
-    return after[0] if after and after[0] in tokenizer.all_special_ids else None
+    if not after:
+        return None
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(after[0])  # special, yet not a named special token
+    return after[0] if after[0] in tokenizer.all_special_ids or (added is not None and added.special) else None
 
 
 def sampling_config(

@@ -116,7 +116,8 @@ class TurnBatch:
         returns: ``[B, L]`` GAE returns, the critic's regression targets.
         loss_weights: ``[B, L]`` per-token weights of this micro-batch's share of its optimizer update's loss
             (``epo_lightning.update_weights``); None aggregates the micro-batch on its own (with
-            the other ranks' micro-batches of the same call, as one update).
+            the other ranks' micro-batches of the same call, as one update; exactly the pooled ``turn_traj_mean``
+            when each trajectory's rows lie on one rank, as the framework's DataModule keeps them).
         value_weights: ``[B, L]`` the same for the critic's value loss, whose aggregation is always the token mean.
         update_end: this is the last micro-batch of its optimizer update: the optimizer steps after it.
         distinct_rows: ``[U]`` one row of each set of identical rows (same prompt and response ids), the only rows a

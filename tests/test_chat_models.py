@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from datamodules.prompts import CHAT_INSTRUCTION, PromptBuilder
@@ -179,6 +179,15 @@ def test_a_base_model_prompted_through_its_chat_template_stops_at_the_template_e
     assert sum(r[-1] == im_end for r in responses) >= 10  # uniform over 9 tokens: ~1 in 9 per position
     for response in responses:  # cut at the first end of turn, whichever
         assert im_end not in response[:-1] and 0 not in response[:-1]
+
+
+def test_an_end_of_turn_token_added_as_special_but_not_named_in_the_special_tokens_is_found():
+    _, tokenizer = _chatml_base_model()
+    tokenizer.add_tokens([AddedToken("<|eot_id|>", special=True)])  # as Llama 3 base tokenizers carry it
+    tokenizer.chat_template = "{% for m in messages %}{{ m.role }} {{ m.content }}<|eot_id|>{% endfor %}"
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert eot not in tokenizer.all_special_ids
+    assert chat_template_end_of_turn_id(tokenizer) == eot
 
 
 def test_no_end_of_turn_token_is_guessed_from_a_template_that_ends_turns_with_text_or_cannot_render_them():
