@@ -109,6 +109,12 @@ class AdaptiveEntropyCoef(Callback):
             self.coef = min(max(float(pl_module.entropy_coef), self.min_coef), self.max_coef)
 
     @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # the module does not keep lambda in its checkpoint, and a fit resumed inside an RL step skips that step's
+        # on_train_epoch_start: lambda_k is this callback's (restored) coefficient
+        pl_module.entropy_coef = self.coef
+
+    @override
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # compute() all-reduces: every rank calls it, or none (trains_this_step is the same on every rank)
         if pl_module.rollout_entropy.update_called and getattr(pl_module, "trains_this_step", True):

@@ -86,6 +86,8 @@ class EntropyHistory(Callback):
         self.per_turn = per_turn
         self.include_current = include_current
         self.history: list[float | list[float]] = []
+        #: RL steps without any entropy (no usable episode on any rank, or none recorded), which W_k skips
+        self.skipped_steps = 0
 
     @property
     @override
@@ -171,7 +173,7 @@ class EntropyHistory(Callback):
         # Strategies that restore a checkpoint after setup (ModelParallelStrategy/FSDP2, DeepSpeed) load this
         # callback's history after on_fit_start: push the reference again, before the first update.
         pl_module.entropy_reference = self.reference()
-        if len(self.history) != trainer.current_epoch:
+        if len(self.history) + self.skipped_steps != trainer.current_epoch:
             rank_zero_warn(
                 f"EntropyHistory holds {len(self.history)} entropies but training starts at RL step "
                 f"{trainer.current_epoch}: the checkpoint carries no history for {self.state_key}, so H_ref restarts."
@@ -190,11 +192,13 @@ class EntropyHistory(Callback):
     def _record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         metric = getattr(pl_module, self.metric_name)
         if not getattr(pl_module, "trains_this_step", True):  # the same on every rank
+            self.skipped_steps += 1
             rank_zero_warn(
                 f"EntropyHistory: RL step {trainer.current_epoch} had no usable episode on any rank, so it has no "
                 "entropy and W_k skips it."
             )
         elif not metric.update_called:
+            self.skipped_steps += 1
             # A fit resumed from a checkpoint saved after the epoch's last batch but before its end (ModelCheckpoint
             # at validation end) re-enters here without training: H̄_k died with the previous process.
             rank_zero_warn(
@@ -207,8 +211,9 @@ class EntropyHistory(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        return {"history": list(self.history), "skipped_steps": self.skipped_steps}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [list(map(float, v)) if self.per_turn else float(v) for v in state_dict.get("history", [])]
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))

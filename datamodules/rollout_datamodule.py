@@ -43,6 +43,7 @@ from datamodules.turn_rows import TurnRow, collate_rows, episodes_to_rows, fille
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
 from epo_lightning.errors import ConfigurationError
+from epo_lightning.loop_state import resumed_inside_a_step
 from epo_lightning.types import SCORED_FIELDS, Episode, TurnBatch
 
 VAL_SPLITS = ("val_iid", "val_ood")
@@ -323,15 +324,10 @@ class RolloutDataModule(pl.LightningDataModule):
         return batches
 
     def _resumed_inside_a_step(self) -> bool:
-        """The fit resumed from a checkpoint saved between two micro-batches of an RL step, and warn if so.
-
-        ``ModelCheckpoint(every_n_train_steps=...)``, ``train_time_interval``, ``OnExceptionCheckpoint`` and a
-        cluster's requeue checkpoint save there; the default, at the end of an RL step, resumes exactly.
-        """
-        loop = self.trainer.fit_loop
-        progress = loop.epoch_loop.batch_progress
-        if not loop.restarting or progress.current.ready == 0 or progress.is_last_batch:
+        """The fit resumed from a checkpoint saved between two micro-batches of an RL step, and warn if so."""
+        if not resumed_inside_a_step(self.trainer):
             return False
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
         rank_zero_warn(
             f"Resumed inside RL step {self.trainer.current_epoch}, after {progress.current.ready} of its "
             "micro-batches. The step's rollout is not in the checkpoint, so the rest of the step trains on its tasks "

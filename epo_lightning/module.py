@@ -38,6 +38,7 @@ from epo_lightning.critic import ValueModel, explained_variance, value_loss
 from epo_lightning.errors import ConfigurationError
 from epo_lightning.eval_metrics import TEST_PREFIX, VAL_PREFIX, EvalMetrics
 from epo_lightning.logprobs import ResponseScorer
+from epo_lightning.loop_state import resumed_inside_a_step
 from epo_lightning.lora import LoraSettings, adapters_disabled, base_model
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.policy import enable_gradient_checkpointing, load_policy
@@ -744,6 +745,11 @@ class EPOModule(pl.LightningModule):
         self.eval_metrics.reset()
 
     @override
+    def on_train_start(self) -> None:
+        if resumed_inside_a_step(self.trainer):  # Lightning skips on_train_epoch_start for the step resumed in
+            self.on_train_epoch_start()
+
+    @override
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._updates_this_step = 0
@@ -764,8 +770,6 @@ class EPOModule(pl.LightningModule):
             scheduler.step()
         self.train_metrics.add("time/train_s", time.perf_counter() - self._epoch_start)
         values = self.train_metrics.compute(self._updates_this_step)
-        if math.isnan(values["entropy/in_corridor_frac"]):  # no token had a corridor this step (on any rank)
-            del values["entropy/in_corridor_frac"]
         for name, metric in self.rollout_metrics.items():
             if metric.update_called:
                 values[name] = float(metric.compute())
@@ -773,9 +777,13 @@ class EPOModule(pl.LightningModule):
             values["rollout/logprob_gap"] = float(self.logprob_gap.compute())
             values["rollout/logprob_gap_max"] = float(self.logprob_gap_max.compute())
         turns = self.train_turn_entropy.compute()[: self.hparams.max_logged_turns]
-        values.update({f"entropy/turn_{t}": float(v) for t, v in enumerate(turns.tolist()) if not math.isnan(v)})
+        values.update({f"entropy/turn_{t}": float(v) for t, v in enumerate(turns.tolist())})
         values.update(self._controls)  # what this step trained with (callbacks have already set the next step's)
         values["entropy/token_mean"] = float(self.train_entropy.compute())
+        # NaN means nothing had the quantity on any rank: a step without a usable episode (no episode, no token),
+        # no token with a corridor (a non-finite loss or gradient stops the run before this). Not logged: a NaN
+        # would stop EarlyStopping and break plots.
+        values = {name: value for name, value in values.items() if not math.isnan(value)}
         # The values are already the same on every rank; sync_dist's mean of identical values changes none of them.
         shown = {key: values.pop(key) for key in PROGRESS_BAR_METRICS if key in values}
         self.log_dict(values, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,7 @@ class FirstStepWithoutEpisodes(Callback):
     """Every environment reset fails in the first rollout only; records the policy's weights after each RL step."""
 
     def __init__(self, monkeypatch):
-        self.monkeypatch, self.weights = monkeypatch, []
+        self.monkeypatch, self.weights, self.logged = monkeypatch, [], []
 
     def on_fit_start(self, trainer, pl_module):
         def broken_reset(env, *, seed=None, options=None):
@@ -109,6 +111,7 @@ class FirstStepWithoutEpisodes(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.monkeypatch.undo()  # the first rollout is over: the simulator works again
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})  # the previous step's
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.weights.append([p.detach().clone() for p in pl_module.model.parameters()])
@@ -129,6 +132,18 @@ def test_one_rl_step_without_usable_episodes_changes_nothing_and_the_run_goes_on
     assert all(torch.equal(a, b) for a, b in zip(before, after_step_0, strict=True))  # no AdamW decay on nothing
     assert not all(torch.equal(a, b) for a, b in zip(after_step_0, after_step_1, strict=True))
     assert len(history.history) == 2 and trainer.current_epoch == 3  # steps 1 and 2 recorded
+    step_0 = recorder.logged[
+        1
+    ]  # no NaN for what had no token: nothing trained, no entropy (EarlyStopping stops on NaN)
+    assert step_0["rollout/turn_samples"] == 0 and not any(math.isnan(v) for v in step_0.values())
+    assert not {"ppo/clip_frac", "entropy/token_mean", "grad_norm/policy"} & set(step_0)
+    trainer.save_checkpoint(tmp_path / "after_3.ckpt")
+    again = EntropyHistory()
+    resumed = make_trainer(tmp_path, max_epochs=4, limit_val_batches=0, callbacks=[again])
+    with warnings.catch_warnings():  # the skipped step is in the checkpoint: no "H_ref restarts" warning
+        warnings.filterwarnings("error", message=".*H_ref restarts")
+        resumed.fit(_module(cache_dir), datamodule=RolloutDataModule(**EASY_DATA), ckpt_path=tmp_path / "after_3.ckpt")
+    assert again.history[:2] == history.history and len(again.history) == 3 and again.skipped_steps == 1
 
 
 def test_group_size_one_with_a_group_baseline_is_refused_at_setup(cache_dir, tiny_policy_dir, tmp_path):

@@ -3,7 +3,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks import EntropyHistory, PhaseScheduler
+from callbacks import AdaptiveEntropyCoef, EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.module import EPOModule
 from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
@@ -91,3 +91,36 @@ def test_a_fit_resumed_inside_an_rl_step_plays_the_step_again_and_trains_on_no_r
     for ids in rest_of_step_0:
         assert not any(ids.shape == other.shape and torch.equal(ids, other) for other in step_1)
     assert resumed.datamodule.rollout_step == 2  # step 0 played again, then step 1
+
+
+class _Coefficients(Callback):
+    """The entropy coefficient (lambda) each micro-batch trained with, by epoch."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, set[float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.by_epoch.setdefault(trainer.current_epoch, set()).add(float(pl_module.entropy_coef))
+
+
+def test_a_fit_resumed_inside_an_rl_step_trains_with_its_lambda_and_logs_the_step(tmp_path, cache_dir):
+    def fit(callbacks, ckpt_path=None):
+        seed_everything(0)
+        module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), optimizer=lambda p: torch.optim.AdamW(p))
+        trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0, enable_checkpointing=True)
+        trainer.callbacks[:0] = [AdaptiveEntropyCoef(lr=1.0, initial_coef=1e-2), *callbacks]
+        data = RolloutDataModule(**{**EASY_DATA, "mini_batch_size": 16})  # an optimizer step per micro-batch
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return trainer
+
+    straight = _Coefficients()
+    fit([straight, ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)])
+    (lambda_1,) = straight.by_epoch[1]
+    assert lambda_1 != 1e-2  # the callback moved lambda for step 1
+    inside_step_1 = min((tmp_path / "ckpt").glob("epoch=1-*.ckpt"), key=lambda p: int(p.stem.split("step=")[1]))
+    resumed = _Coefficients()
+    with pytest.warns(UserWarning, match="Resumed inside RL step 1, after 1 of its micro-batches"):
+        trainer = fit([resumed], ckpt_path=inside_step_1)
+    assert resumed.by_epoch == {1: {lambda_1}}  # before: the config's lambda, as the module does not save it
+    metrics = trainer.callback_metrics  # the resumed step is logged as a step: its rollout, its training time
+    assert "rollout/success_rate" in metrics and 0 < float(metrics["time/train_s"]) < 600
