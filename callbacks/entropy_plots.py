@@ -40,6 +40,7 @@ class EntropyPlots(pl.Callback):
         self.means: list[float] = []
         self.references: list[float] = []  # the H_ref each step trained with (NaN before there is one)
         self._reference = math.nan
+        self._drawn_at = -1  # the last step drawn
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -52,7 +53,8 @@ class EntropyPlots(pl.Callback):
             ) from error
 
     @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        # read while training, after every callback has set this step's reference (whatever their order)
         reference = pl_module.entropy_reference
         if isinstance(reference, torch.Tensor):
             reference = float(reference.nanmean())
@@ -64,18 +66,39 @@ class EntropyPlots(pl.Callback):
         self.turns.append(turns.tolist())
         self.means.append(float(pl_module.train_entropy.compute()))
         self.references.append(self._reference)
-        step = trainer.current_epoch
-        last = trainer.max_epochs is not None and step + 1 >= trainer.max_epochs
-        if trainer.is_global_zero and ((step + 1) % self.every_n_steps == 0 or last):
-            loss = pl_module.loss_config
-            figures = {
-                "entropy/turn_by_step": self.heatmap(),
-                "entropy/corridor": self.corridor(loss.kappa_l, loss.kappa_r),
-            }
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    for tag, figure in figures.items():
-                        logger.experiment.add_figure(tag, figure, step, close=False)
+        self._reference = math.nan
+        if (trainer.current_epoch + 1) % self.every_n_steps == 0:
+            self._draw(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.means and self._drawn_at != len(self.means) - 1:  # max_epochs, max_steps, EarlyStopping, ...
+            self._draw(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"turns": self.turns, "means": self.means, "references": self.references}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.turns = [list(row) for row in state_dict.get("turns", [])]
+        self.means = list(state_dict.get("means", []))
+        self.references = list(state_dict.get("references", []))
+
+    def _draw(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Both figures of every step so far, at the last step's index (the global-zero rank draws)."""
+        self._drawn_at = step = len(self.means) - 1
+        if not trainer.is_global_zero:
+            return
+        loss = pl_module.loss_config
+        figures = {
+            "entropy/turn_by_step": self.heatmap(),
+            "entropy/corridor": self.corridor(loss.kappa_l, loss.kappa_r),
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for tag, figure in figures.items():
+                    logger.experiment.add_figure(tag, figure, step, close=False)
 
     def heatmap(self) -> Any:
         """Turn index x RL step, colour = mean token entropy (blank where no episode reached the turn)."""
