@@ -257,6 +257,7 @@ def main() -> None:
                     divergence_threshold=args.stop_on_valid_ratio,
                     patience=1000,
                     check_on_train_epoch_end=True,
+                    strict=False,
                 )
             ]
             if args.stop_on_valid_ratio is not None
