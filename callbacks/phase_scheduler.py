@@ -129,6 +129,19 @@ class PhaseScheduler(Callback):
                     "PhaseScheduler(schedule='paper_exp') needs K: set `total_steps` or `trainer.max_epochs`."
                 )
             self._resolved_total_steps = trainer.max_epochs
+        self._check_assumption_a4(pl_module)
+
+    def _check_assumption_a4(self, pl_module: "pl.LightningModule") -> None:
+        """Warn when alpha * beta_max >= 1 (Assumption A.4) for a beta above 2, which the loss's own check assumes."""
+        loss = getattr(pl_module, "loss_config", None)
+        peaks = {"constant": self.value, "milestones": max(self.milestones.values(), default=1.0)}
+        beta_max = peaks.get(self.schedule, 2.0)  # paper_exp starts at 2; code_piecewise never exceeds 1
+        if loss is not None and loss.smoothing == "hinge" and beta_max > 2.0 and loss.alpha * beta_max >= 1.0:
+            rank_zero_warn(
+                f"PhaseScheduler's beta reaches {beta_max:g} with model.loss.alpha {loss.alpha:g}: alpha * beta_max "
+                f"= {loss.alpha * beta_max:g} violates Assumption A.4 (< 1), so above the corridor the hinge cancels "
+                "or reverses the entropy bonus. Lower the schedule's beta or alpha."
+            )
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 from lightning.pytorch import Trainer
@@ -82,7 +83,7 @@ def test_a_checkpoint_of_another_k_is_announced_when_training_but_not_when_evalu
     with pytest.warns(UserWarning, match="had K=30 but this run has K=60"):
         PhaseScheduler(total_steps=60).load_state_dict(state)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.filterwarnings("error", message=".*Assumption A.4")
         PhaseScheduler().load_state_dict(state)  # epo validate|test: K unresolved, beta unused
         PhaseScheduler(total_steps=30).load_state_dict(state)
 
@@ -187,3 +188,14 @@ def test_a_module_without_beta_is_rejected_at_setup(tmp_path):
 def test_code_piecewise_schedule_is_the_released_code_weight(epoch, expected):
     # released code: K = 150, half 75; 0.827 at the half, a jump to 0.8 after it, 0.108 at 125, 0.040 at 150
     assert PhaseScheduler("code_piecewise").get_beta(epoch) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_beta_above_two_that_breaks_assumption_a4_with_the_module_s_alpha_is_announced_at_setup(tmp_path):
+    from epo_lightning.module import EPOModule
+
+    module = EPOModule(loss={"alpha": 0.1})
+    with pytest.warns(UserWarning, match=r"beta reaches 12 .* alpha \* beta_max = 1.2 violates Assumption A.4"):
+        PhaseScheduler(schedule="constant", value=12.0).setup(make_trainer(tmp_path), module, "fit")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Assumption A.4")
+        PhaseScheduler(schedule="milestones", milestones={0: 5.0}).setup(make_trainer(tmp_path), module, "fit")
