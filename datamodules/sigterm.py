@@ -6,7 +6,9 @@ rank whose episodes have all ended already waits in the exchange at the end of t
 broadcast meets that exchange instead of a broadcast. Both ranks then hang until the launcher kills them (torchrun
 after 30 s), without the run's own shutdown. Here the handler only sets ``trainer.received_sigterm``; the ranks agree
 to stop where every rank passes: at the end of each collection (``RolloutDataModule._play``) and, during the update,
-in Lightning's own broadcast of the flag before every training batch.
+in Lightning's own broadcast of rank 0's flag before every training batch. Lightning also reads each rank's own flag
+after every batch, so a signal that reaches one rank only, or the ranks on either side of that check, can still
+stop one rank a batch before the others; the launcher (torchrun) then ends the job without the run's shutdown.
 """
 
 from __future__ import annotations
