@@ -107,6 +107,23 @@ class PooledData(LightningDataModule):
         return Batches(self.batches)
 
 
+def _assert_one_process_matches(cache, batches: list[TurnBatch], record: dict, tmp_path) -> None:
+    """One process with the worker's settings, trained on ``batches``, ends with the rank's parameters after step 0."""
+    policy_dir = next(p for p in cache.iterdir() if p.is_dir())
+    module = EPOModule(
+        policy=str(policy_dir),
+        loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
+        entropy_coef=0.01,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+    )
+    make_trainer(tmp_path, max_epochs=1).fit(module, datamodule=PooledData(batches))
+    moved = 0.0
+    for name, param in module.model.named_parameters():
+        torch.testing.assert_close(param.detach(), record["params"][0][name], rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((param.detach() - record["initial"][name]).abs().max()))
+    assert moved > 1e-3  # the update is far larger than the tolerance
+
+
 def test_ddp_update_equals_one_process_on_the_pooled_rows(ddp_run, tmp_path):
     (rank0, rank1), cache = ddp_run
     pooled = [_pool(a, b, pad_id=0) for a, b in zip(rank0["batches"], rank1["batches"], strict=True)]
@@ -123,19 +140,7 @@ def test_ddp_update_equals_one_process_on_the_pooled_rows(ddp_run, tmp_path):
         torch.testing.assert_close(batch.loss_weights, weights, rtol=1e-6, atol=1e-9)
     assert sum(float(w.sum()) for w in expected) == pytest.approx(len(updates))  # each update's weights sum to 1
 
-    policy_dir = next(p for p in cache.iterdir() if p.is_dir())
-    module = EPOModule(
-        policy=str(policy_dir),
-        loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
-        entropy_coef=0.01,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-    )
-    make_trainer(tmp_path, max_epochs=1).fit(module, datamodule=PooledData(pooled))
-    moved = 0.0
-    for name, param in module.model.named_parameters():
-        torch.testing.assert_close(param.detach(), rank0["params"][0][name], rtol=1e-5, atol=1e-6)
-        moved = max(moved, float((param.detach() - rank0["initial"][name]).abs().max()))
-    assert moved > 1e-3  # the update is far larger than the tolerance
+    _assert_one_process_matches(cache, pooled, rank0, tmp_path)
 
 
 def test_micro_batches_handed_in_without_weights_are_aggregated_over_both_ranks(ddp_run, tmp_path):
@@ -148,20 +153,9 @@ def test_micro_batches_handed_in_without_weights_are_aggregated_over_both_ranks(
     pooled = _pool(*first, pad_id=0)
     pooled.loss_weights, pooled.update_end = None, True
 
-    policy_dir = next(p for p in cache.iterdir() if p.is_dir())
-    module = EPOModule(
-        policy=str(policy_dir),
-        loss={"kl_coef": 0.01, "agg": "turn_traj_mean"},
-        entropy_coef=0.01,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-    )
-    make_trainer(tmp_path, max_epochs=1).fit(module, datamodule=PooledData([pooled]))
-    moved = 0.0
-    for name, param in module.model.named_parameters():
-        assert torch.equal(trained[0]["params"][0][name], trained[1]["params"][0][name]), name
-        torch.testing.assert_close(param.detach(), trained[0]["params"][0][name], rtol=1e-5, atol=1e-6)
-        moved = max(moved, float((param.detach() - trained[0]["initial"][name]).abs().max()))
-    assert moved > 1e-3  # the update is far larger than the tolerance
+    for name, value in trained[0]["params"][0].items():
+        assert torch.equal(value, trained[1]["params"][0][name]), name
+    _assert_one_process_matches(cache, [pooled], trained[0], tmp_path)
 
 
 def test_early_stopping_on_a_collapse_metric_stops_both_ranks_after_the_step_that_crossed_it(ddp_run, tmp_path):
