@@ -38,7 +38,7 @@ from datamodules.envs import check_contract, get_suite
 from datamodules.prompts import CHAT_INSTRUCTION, MIN_PROMPT_TOKENS, TEMPLATE_WORDS, PromptBuilder
 from datamodules.rollout import RolloutResult, TaskSpec, TurnProgress, collect_episodes
 from datamodules.rollout_progress import rollout_progress
-from datamodules.sigterm import notify_sigterm_locally
+from datamodules.sigterm import agree_on_sigterm, notify_sigterm_locally, sigterm_pending
 from datamodules.turn_rows import TurnRow, collate_rows, episodes_to_rows, filler_row, group_identical
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
@@ -391,6 +391,16 @@ class RolloutDataModule(pl.LightningDataModule):
         return plan_updates(rows, mini_batch_size, self.micro_batch_size, distinct), sum(rows)
 
     @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Before every training micro-batch, the ranks agree whether any of them got SIGTERM (``agree_on_sigterm``).
+
+        Lightning reads each rank's own flag after the batch: agreed here, every rank stops after the same one.
+        """
+        if self.trainer is not None and self.trainer.training:
+            agree_on_sigterm(self.trainer)
+        return batch
+
+    @override
     def val_dataloader(self) -> Batches[dict[str, Any]]:
         return Batches(self._evaluate(first_seed=0))
 
@@ -476,7 +486,7 @@ class RolloutDataModule(pl.LightningDataModule):
             pass  # this rank's collection ended with the turn in progress: the exchange below stops every rank
         finally:
             policy.train(was_training)
-        if self.trainer.strategy.reduce_boolean_decision(result is None, all=False):
+        if agree_on_sigterm(self.trainer):  # a rank whose collection stopped early has the signal pending
             raise SIGTERMException
         return result
 
@@ -493,7 +503,7 @@ class RolloutDataModule(pl.LightningDataModule):
         def after_turn(turn: TurnProgress) -> None:
             if progress is not None:
                 progress(turn)
-            if self.trainer.received_sigterm:
+            if sigterm_pending(self.trainer):
                 raise SIGTERMException
 
         return after_turn

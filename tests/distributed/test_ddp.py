@@ -248,6 +248,33 @@ def test_sigterm_stops_both_ranks_at_their_next_turn_of_a_rollout(tiny_policy_di
         assert f"stopped {rank}" in after  # shut down by the run itself, not killed by torchrun
 
 
+def test_sigterm_to_one_rank_while_the_ranks_train_stops_both_after_the_same_micro_batch(tiny_policy_dir, tmp_path):
+    """Before, the signalled rank stopped after its batch while the other trained on and waited for it."""
+    shutil.copytree(tiny_policy_dir, tmp_path / "cache" / tiny_policy_dir.name)  # the test preset, already built
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "tests/envs/slow_fit.py", str(tmp_path), "slow_batches",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, text=True)
+    try:
+        pids, before = {}, []
+        while line := process.stdout.readline():
+            words = line.split()
+            if words[0] == "pid":
+                pids[words[1]] = int(words[2])
+            before.append(line.strip())
+            if before.count("batch 1") == 2:  # both ranks are in the first RL step's micro-batches
+                break
+        os.kill(pids["1"], signal.SIGTERM)  # rank 1 only, as `kill` of one process would
+        after = process.stdout.read().split("\n")
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    assert "stopped 0" in after and "stopped 1" in after  # both shut down by the run itself
+    batches = [(before + after).count(f"batch {rank}") for rank in (0, 1)]
+    assert batches[0] == batches[1]  # after the same micro-batch
+
+
 def test_ranks_that_picked_their_own_seeds_play_rank_0_s(ddp_run, tmp_path):
     """torchrun starts each rank on its own: without a pinned seed_everything, each picks its own random seed."""
     _, cache = ddp_run
