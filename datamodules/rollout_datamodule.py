@@ -425,6 +425,7 @@ class RolloutDataModule(pl.LightningDataModule):
                     "success": torch.tensor([float(e.success) for e in episodes]),
                     "episode_len": torch.tensor([float(len(e.turns)) for e in episodes]),
                     "valid_turns": torch.tensor([float(sum(t.valid for t in e.turns)) for e in episodes]),
+                    "env_errors": torch.tensor(float(len(result.episodes) - len(episodes))),
                 }
             )
         return items

@@ -146,6 +146,20 @@ def test_one_rl_step_without_usable_episodes_changes_nothing_and_the_run_goes_on
     assert again.history[:2] == history.history and len(again.history) == 3 and again.skipped_steps == 1
 
 
+def test_evaluation_counts_the_episodes_environment_errors_cut_short(cache_dir, tiny_policy_dir, tmp_path, monkeypatch):
+    reset = EmbeddedTextEnv.reset
+
+    def failing(env, *, seed=None, options=None):
+        if options["split"] == "val_iid" and seed in (1, 3):
+            raise ConnectionError("simulator crashed")
+        return reset(env, seed=seed, options=options)
+
+    monkeypatch.setattr(EmbeddedTextEnv, "reset", failing)
+    (metrics,) = make_trainer(tmp_path).validate(_module(cache_dir), datamodule=RolloutDataModule(**EASY_DATA))
+    assert (metrics["val/env_errors"], metrics["val_ood/env_errors"]) == (2.0, 0.0)  # of 8 tasks per split
+    assert 0.0 <= metrics["val/success_rate"] <= 1.0  # over the 6 episodes played to their end
+
+
 def test_group_size_one_with_a_group_baseline_is_refused_at_setup(cache_dir, tiny_policy_dir, tmp_path):
     data = RolloutDataModule(**{**EASY_DATA, "group_size": 1})
     with pytest.raises(ValueError, match="data.group_size is 1.*advantage: gae"):

@@ -201,6 +201,7 @@ def test_logged_values_pool_both_ranks(ddp_run):
     for split, name in (("val_iid", "val/success_rate"), ("val_ood", "val_ood/success_rate")):
         successes = torch.cat([v["success"] for r in (rank0, rank1) for v in r["val"] if v["split"] == split])
         assert successes.numel() == 5  # every validation task exactly once
+        assert metrics[name.replace("success_rate", "env_errors")] == 0.0  # summed over both ranks
         assert metrics[name] == pytest.approx(float(successes.mean()))
 
 
