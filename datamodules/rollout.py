@@ -9,6 +9,7 @@ trained on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -126,11 +127,12 @@ def collect_episodes(
         active = [i for i, state in enumerate(states) if not state["done"]]
         if not active:
             break
-        texts = []
+        texts, digests = [], {}
         for i in active:
             state = states[i]
             admissible = state["info"].get("admissible_actions", [])
             texts.append(prompt_builder.render(episodes[i].task, state["history"], state["obs"], admissible))
+            digests[i] = hashlib.blake2b("\n".join(admissible).encode(), digest_size=8).hexdigest()
         prompts = prompt_builder.encode_all(tokenizer, texts)
         generation = policy.generate(prompts, evaluation=evaluation)
         responses = generation.token_ids
@@ -145,6 +147,7 @@ def collect_episodes(
             parsed = parse_action(text, require_think=require_think)
             turn = Turn(prompt_ids, response_ids, text, parsed.action, False, states[i]["obs"], turn_index)
             turn.response_logprobs, turn.response_entropies = response_logprobs, response_entropies
+            turn.actions_digest = digests[i]
             episodes[i].turns.append(turn)
             states[i]["history"].append((states[i]["obs"], parsed.action))
             if parsed.ok:

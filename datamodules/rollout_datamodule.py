@@ -39,7 +39,15 @@ from datamodules.prompts import CHAT_INSTRUCTION, MIN_PROMPT_TOKENS, TEMPLATE_WO
 from datamodules.rollout import RolloutResult, TaskSpec, TurnProgress, collect_episodes
 from datamodules.rollout_progress import rollout_progress
 from datamodules.sigterm import agree_on_sigterm, notify_sigterm_locally, sigterm_pending
-from datamodules.turn_rows import TurnRow, collate_rows, episodes_to_rows, filler_row, group_identical
+from datamodules.turn_rows import (
+    ANCHOR_STATES,
+    AnchorState,
+    TurnRow,
+    collate_rows,
+    episodes_to_rows,
+    filler_row,
+    group_identical,
+)
 from datamodules.update_plan import UpdatePlan, plan_updates, split_balanced, split_least_padding
 from epo_lightning.contracts import TrainingPolicy
 from epo_lightning.errors import ConfigurationError
@@ -96,6 +104,9 @@ class RolloutDataModule(pl.LightningDataModule):
             setting, trains on every row once.
         reward_scale: multiplier of the environment's success reward (1 as in the paper, 10 as in the released code).
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
+        anchor_state: what makes two turns of a task group one state for GiGPO's step-level advantage:
+            ``observation`` (the reference's key) or ``observation_and_actions`` (also the same admissible actions,
+            so that feedback-only observations such as "Nothing happens." do not join different states).
         val_tasks: tasks per validation split, one episode each, shared out over the ranks (each played once).
         require_think: responses must contain ``<think>...</think>`` to be valid (chat models, released-code rule).
         system_prompt: the system message of chat-model prompts (the agent instruction by default); null sends only
@@ -132,6 +143,7 @@ class RolloutDataModule(pl.LightningDataModule):
         ppo_epochs: int = 1,
         reward_scale: float = 1.0,
         invalid_action_penalty: float = 0.1,
+        anchor_state: AnchorState = "observation",
         val_tasks: int = 32,
         require_think: bool = False,
         system_prompt: str | None = CHAT_INSTRUCTION,
@@ -156,6 +168,8 @@ class RolloutDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1, got {value}.")
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"data.mini_batch_size must be >= 1 turn rows, or null; got {mini_batch_size}.")
+        if anchor_state not in ANCHOR_STATES:
+            raise ValueError(f"data.anchor_state must be one of {ANCHOR_STATES}, got {anchor_state!r}.")
         if val_tasks < 0 or invalid_action_penalty < 0 or reward_scale <= 0:
             raise ValueError("data.val_tasks and data.invalid_action_penalty must be >= 0 and data.reward_scale > 0.")
         if max_empty_steps < 1:
@@ -183,6 +197,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.ppo_epochs = ppo_epochs
         self.reward_scale = reward_scale
         self.invalid_action_penalty = invalid_action_penalty
+        self.anchor_state = anchor_state
         self.val_tasks = val_tasks
         self.require_think = require_think
         self.num_transcripts = num_transcripts
@@ -346,7 +361,7 @@ class RolloutDataModule(pl.LightningDataModule):
         ]
         restarts = self._pool.restarts
         result = self._play(policy, tasks, rng.randrange(2**31), evaluation=False)
-        rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty)
+        rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty, self.anchor_state)
         rng.shuffle(rows)
         pad_id = policy.tokenizer.pad_token_id
         identical = group_identical(rows)

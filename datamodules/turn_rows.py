@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from epo_lightning.types import Episode, TurnBatch
+
+#: What makes two turns of a group one anchor state (GiGPO): the same observation (the reference's key), or the same
+#: observation and the same admissible actions (feedback such as "Nothing happens." then no longer joins states).
+AnchorState = Literal["observation", "observation_and_actions"]
+ANCHOR_STATES: tuple[str, ...] = ("observation", "observation_and_actions")
 
 
 @dataclass
@@ -22,7 +28,7 @@ class TurnRow:
         traj_id: the episode.
         turn_index: position of the turn in its episode.
         step_reward: this turn's own reward, ``reward_scale * r_t`` minus its invalid penalty (GiGPO's step level).
-        anchor_id: the same id for rows of one group that saw the same observation (GiGPO's anchor states).
+        anchor_id: the same id for rows of one group that saw the same state (GiGPO's anchor states, ``AnchorState``).
         rollout_logprobs: the rollout engine's log-probs of ``response_ids``, when it reports them.
         rollout_entropy: the entropy of each of ``response_ids``' distributions, when the engine reports it.
         scored: what the policy's scoring said of the row (``TurnBatch`` field name -> values at every position of
@@ -47,15 +53,22 @@ class TurnRow:
         return len(self.prompt_ids) + len(self.response_ids)
 
 
-def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_penalty: float) -> list[TurnRow]:
+def episodes_to_rows(
+    episodes: Sequence[Episode],
+    reward_scale: float,
+    invalid_penalty: float,
+    anchor_state: AnchorState = "observation",
+) -> list[TurnRow]:
     """Every turn of every error-free episode becomes a row scored with its episode's return.
 
     score = reward_scale * episode_return - invalid_penalty * [turn invalid]   (the EPO code's row reward)
     Rows with an empty response (nothing to train) are skipped; environment-error episodes are dropped. Rows of one
-    group whose turn saw the same observation share an ``anchor_id`` (GiGPO's anchor-state groups).
+    group whose turn saw the same state (``anchor_state``) share an ``anchor_id`` (GiGPO's anchor-state groups).
     """
+    if anchor_state not in ANCHOR_STATES:
+        raise ValueError(f"anchor_state must be one of {ANCHOR_STATES}, got {anchor_state!r}.")
     rows = []
-    anchors: dict[tuple[int, str], int] = {}
+    anchors: dict[tuple[int, str, str], int] = {}
     for traj_id, episode in enumerate(episodes):
         if episode.env_error:
             continue
@@ -64,7 +77,8 @@ def episodes_to_rows(episodes: Sequence[Episode], reward_scale: float, invalid_p
             if not turn.response_ids:
                 continue
             penalty = 0.0 if turn.valid else invalid_penalty
-            anchor = anchors.setdefault((episode.group_id, turn.observation), len(anchors))
+            actions = turn.actions_digest if anchor_state == "observation_and_actions" else ""
+            anchor = anchors.setdefault((episode.group_id, turn.observation, actions), len(anchors))
             rows.append(
                 TurnRow(
                     prompt_ids=turn.prompt_ids,

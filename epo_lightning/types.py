@@ -35,11 +35,13 @@ class Turn:
         response_text: the decoded response (for parsing and transcripts only; never re-tokenized for training).
         action: the parsed action sent to the environment ("" when the response had no parsable action).
         valid: the response parsed and the action was admissible.
-        observation: the observation that was in the prompt (for transcripts).
+        observation: the observation that was in the prompt (for transcripts, and GiGPO's anchor states).
         turn_index: 0-based position of the turn in its episode.
         reward: the environment reward of this step.
         response_logprobs: the rollout engine's log-prob of each response token (None if it reports none).
         response_entropies: the entropy of each response token's distribution (None if the engine reports none).
+        actions_digest: a digest of the admissible actions the prompt listed (with the observation, a finer anchor
+            state than the observation alone: ``data.anchor_state``).
     """
 
     prompt_ids: list[int]
@@ -52,6 +54,7 @@ class Turn:
     reward: float = 0.0
     response_logprobs: list[float] | None = None
     response_entropies: list[float] | None = None
+    actions_digest: str = ""
 
 
 @dataclass

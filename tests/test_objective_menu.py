@@ -200,3 +200,21 @@ def test_bad_objective_arguments_fail_at_construction():
         EPOModule(advantage="gae", value_clip=0.0)
     with pytest.raises(ValueError, match="smoothing_gate_turn"):
         EPOModule(smoothing_gate_turn=-1)
+
+
+def test_the_data_s_anchor_state_reaches_the_rows_gigpo_trains_on(cache_dir, tiny_policy_dir, tmp_path, monkeypatch):
+    import datamodules.rollout_datamodule as rollout_datamodule
+
+    keys, make_rows = [], rollout_datamodule.episodes_to_rows
+
+    def recording(episodes, reward_scale, invalid_penalty, anchor_state="observation"):
+        keys.append(anchor_state)
+        return make_rows(episodes, reward_scale, invalid_penalty, anchor_state)
+
+    monkeypatch.setattr(rollout_datamodule, "episodes_to_rows", recording)
+    module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), advantage="gigpo")
+    data = RolloutDataModule(**EASY_DATA, anchor_state="observation_and_actions")
+    make_trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(module, datamodule=data)
+    assert keys == ["observation_and_actions"] * 2  # one rollout per RL step (tests/test_rollout.py: what it changes)
+    with pytest.raises(ValueError, match="data.anchor_state must be one of"):
+        RolloutDataModule(anchor_state="state")

@@ -1,5 +1,6 @@
 import random
 
+import gymnasium as gym
 import torch
 
 from datamodules.envs.embedded import EmbeddedTextEnv, optimal_actions
@@ -161,3 +162,39 @@ def test_prompts_over_the_limit_are_played_and_trained_cut(tiny_policy_dir) -> N
     rows = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
     assert rows and all(len(turn.prompt_ids) == 24 for e in result.episodes for turn in e.turns)  # all were longer
     assert all(len(row.prompt_ids) == 24 for row in rows)
+
+
+class SameFeedback(gym.Env):
+    """Every observation is the same feedback, while the admissible actions alternate between two lists."""
+
+    def reset(self, *, seed=None, options=None):
+        self.turn = 0
+        return "nothing happens .", {"task": "go west", "admissible_actions": ["go west", "go east"]}
+
+    def step(self, action):
+        self.turn += 1
+        actions = ["go west", "go east"] if self.turn % 2 == 0 else ["go west", "open east"]
+        return "nothing happens .", 0.0, False, False, {"task": "go west", "admissible_actions": actions}
+
+
+class GoingWest:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts, evaluation=False):
+        return Generation([response_ids(self.tokenizer, "go west") for _ in prompts])
+
+
+def test_anchor_states_are_the_observation_or_also_the_admissible_actions(tiny_policy_dir) -> None:
+    _, tokenizer = load_policy(tiny_policy_dir)
+    envs = [SameFeedback() for _ in range(3)]
+    tasks = [TaskSpec("train", 0, 0), TaskSpec("train", 0, 0), TaskSpec("train", 1, 1)]  # two groups
+    result = collect_episodes(GoingWest(tokenizer), envs, tasks, PromptBuilder(), max_turns=4)
+    assert all(turn.valid for episode in result.episodes for turn in episode.turns)
+    by_observation = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
+    finer = episodes_to_rows(result.episodes, 1.0, 0.1, anchor_state="observation_and_actions")
+    anchors = [[row.anchor_id for row in rows if row.group_id == 0] for rows in (by_observation, finer)]
+    assert len(anchors[0]) == 8 and len(set(anchors[0])) == 1  # the reference's key: one "state" for all 8 turns
+    assert [row.anchor_id for row in finer if row.group_id == 0][:4] == [anchors[1][0], anchors[1][1]] * 2
+    assert anchors[1][0] != anchors[1][1]  # turns 0 and 2 (go west, go east) apart from 1 and 3 (go west, open east)
+    assert not {row.anchor_id for row in finer if row.group_id == 1} & set(anchors[1])  # anchors stay in a group
