@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -13,7 +13,7 @@ from epo_lightning.types import Episode, TurnBatch
 #: What makes two turns of a group one anchor state (GiGPO): the same observation (the reference's key), or the same
 #: observation and the same admissible actions (feedback such as "Nothing happens." then no longer joins states).
 AnchorState = Literal["observation", "observation_and_actions"]
-ANCHOR_STATES: tuple[str, ...] = ("observation", "observation_and_actions")
+ANCHOR_STATES: tuple[str, ...] = get_args(AnchorState)
 
 
 @dataclass
