@@ -255,6 +255,7 @@ class EPOModule(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        self.rollout_engine.check_world_size(self.trainer.world_size)
         if stage == "fit":
             self._check_engine_settings()
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its writes atomic

@@ -62,6 +62,10 @@ class RolloutEngine(ABC):
             max_new_tokens: the response budget.
         """
 
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse settings that cannot run on ``world_size`` processes; called at setup, before the policy is built."""
+        return None  # an engine that samples with the trained model runs wherever it does
+
     @abstractmethod
     def load_weights(self, policy: nn.Module) -> None:
         """Make the engine sample from ``policy``'s current weights (called with the full, unsharded weights).

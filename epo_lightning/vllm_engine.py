@@ -153,6 +153,15 @@ class VLLMEngine(RolloutEngine):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(policy)})
         self.llm.reset_prefix_cache()
 
+    def check_world_size(self, world_size: int) -> None:
+        """One engine per rank, each on its rank's own device: tensor parallelism only in a single process."""
+        if self.tensor_parallel_size > 1 and world_size > 1:
+            raise ConfigurationError(
+                f"VLLMEngine.tensor_parallel_size={self.tensor_parallel_size} is for single-process training; under "
+                f"multi-process training ({world_size} processes) each rank runs its own engine on its own device: "
+                "set it to 1."
+            )
+
     @staticmethod
     def _check_head_size(config: Any) -> None:
         """Refuse a head size vLLM's CPU attention has no kernel for, before that kernel fails mid-rollout."""
@@ -178,11 +187,7 @@ class VLLMEngine(RolloutEngine):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if self.kv_cache_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gb)
-        if self.tensor_parallel_size > 1 and torch.distributed.is_initialized():
-            raise ConfigurationError(
-                "VLLMEngine.tensor_parallel_size > 1 is for single-process training; under multi-process training "
-                "each rank runs its own engine on its own device: set it to 1."
-            )
+        self.check_world_size(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
         model = base_model(policy)
         self._check_head_size(model.config)
         self._config_dir = tempfile.TemporaryDirectory(prefix="epo-vllm-")

@@ -244,3 +244,25 @@ def test_bad_engine_settings_are_refused_when_the_engine_is_built(setting, named
 
     with pytest.raises(ConfigurationError, match=f"VLLMEngine.{named} must be"):
         VLLMEngine(**setting)  # before: kv_cache_gb 0 and the others reached vLLM at the first rollout
+
+
+def test_tensor_parallel_engines_are_refused_under_several_processes_at_setup(monkeypatch):
+    """Before, DDP with ``tensor_parallel_size: 2`` loaded the policy and learned its prior, then failed at rollout."""
+    import sys
+
+    from epo_lightning.cli import cli_main
+    from epo_lightning.errors import ConfigurationError
+
+    monkeypatch.setattr(sys, "argv", ["epo"])
+    engine = "--model.init_args.rollout_engine"
+    cli = cli_main(
+        ["--config", "configs/quickstart.yaml", engine, "epo_lightning.vllm_engine.VLLMEngine",
+         f"{engine}.init_args.tensor_parallel_size", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy", "ddp"],
+        run=False,
+    )  # fmt: skip
+    cli.model.trainer = cli.trainer  # what fit does on each rank before setup, which builds nothing yet
+    with pytest.raises(ConfigurationError, match=r"tensor_parallel_size=2 .* \(2 processes\)"):
+        cli.model.setup("fit")
+    assert cli.model.actor is None
+    cli.model.rollout_engine.check_world_size(1)  # one process may span several GPUs
