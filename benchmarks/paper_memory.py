@@ -5,7 +5,9 @@ python benchmarks/paper_memory.py
 Arithmetic, not a measurement (these machines have no GPU). The architectures are those of the Qwen2.5 Instruct
 checkpoints' config.json, so nothing is downloaded. Counted, in bytes per GPU:
 
-- policy parameters, gradients and AdamW's two states, all in the config's precision (bf16-true: 2 bytes each);
+- policy parameters, gradients and AdamW's two states in the weights' precision (``bf16-mixed``: float32 weights,
+  4 bytes each, as the released code's FSDP keeps them; ``bf16-true``: 2), activations and the KV cache in the compute
+  precision (bf16: 2 bytes);
 - the frozen KL reference (parameters only) when ``kl_coef > 0``;
 - the critic (the policy's backbone and a value head, trained: parameters, gradients, AdamW) with ``advantage: gae``;
 - training activations of one micro-batch of ``micro_batch_size`` rows of 2048 + 512 tokens, with gradient
@@ -58,28 +60,29 @@ ARCHS = {
     "Qwen/Qwen2.5-3B-Instruct": Arch(2048, 36, 16, 2, 11008, 151936, tied=True),
     "Qwen/Qwen2.5-7B-Instruct": Arch(3584, 28, 28, 4, 18944, 152064, tied=False),
 }
-BYTES = {"bf16-true": 2, "16-true": 2, "32-true": 4}
+#: trainer.precision -> (bytes of a weight, gradient or AdamW state; bytes of an activation or cached key/value)
+BYTES = {"bf16-mixed": (4, 2), "bf16-true": (2, 2), "16-true": (2, 2), "32-true": (4, 4)}
 
 
 def memory(config: dict, sharded: bool, checkpointing: bool) -> dict[str, float]:
     """GB per GPU of each part for one config."""
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    arch, size = ARCHS[model["policy"]], BYTES[config["trainer"]["precision"]]
+    arch, (size, compute) = ARCHS[model["policy"]], BYTES[config["trainer"]["precision"]]
     shards = GPUS if sharded else 1
     policy = arch.parameters()
     critic = arch.parameters(with_head=False) + arch.hidden + 1 if model.get("advantage") == "gae" else 0
     rows, length = data["micro_batch_size"], PROMPT + RESPONSE
-    block = rows * length * (10 * arch.hidden + 4 * arch.intermediate) * size  # one block's forward working set
-    saved = rows * length * arch.hidden * size * arch.layers if checkpointing else block * arch.layers
+    block = rows * length * (10 * arch.hidden + 4 * arch.intermediate) * compute  # one block's forward working set
+    saved = rows * length * arch.hidden * compute * arch.layers if checkpointing else block * arch.layers
     head = HEAD_CHUNK * arch.vocab * 4 * 3
-    kv = 2 * arch.layers * arch.kv_heads * (arch.hidden // arch.heads) * length * size
+    kv = 2 * arch.layers * arch.kv_heads * (arch.hidden // arch.heads) * length * compute
     rollout_rows = data["tasks_per_step"] * data["group_size"]
     gb = 1e-9
     parts = {
         "params": policy * size / shards * gb,
         "grads": policy * size / shards * gb,
         "adam": 2 * policy * size / shards * gb,
-        "reference": (policy * size / shards if model.get("kl_coef", 0) > 0 else 0) * gb,
+        "reference": (policy * size / shards if model.get("loss", {}).get("kl_coef", 0) > 0 else 0) * gb,
         "critic": 4 * critic * size / shards * gb,
         "activations": (saved + block + head) * (2 if critic else 1) * gb,
         "rollout": (kv * rollout_rows + (policy * size if sharded else 0)) * gb,

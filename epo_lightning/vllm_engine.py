@@ -44,7 +44,8 @@ class VLLMEngine(RolloutEngine):
     """An in-process ``vllm.LLM`` that samples the rollouts; the trained model still scores them.
 
     Args:
-        dtype: the engine's parameter dtype; None uses the trained policy's (float32 on CPU).
+        dtype: the engine's parameter dtype; None uses the trainer's compute dtype (bf16 under ``trainer.precision:
+            bf16-mixed``, whose float32 weights it is given cast), else the trained policy's (float32 on CPU).
         gpu_memory_utilization: the fraction of GPU memory vLLM may take for weights and KV cache. The trainer shares
             the GPU, so keep it well below vLLM's 0.92 (0.3-0.5 colocated with a 7B policy on 80 GB).
         max_model_len: the longest prompt plus response; None takes the model's own limit.
@@ -192,7 +193,10 @@ class VLLMEngine(RolloutEngine):
         self._check_head_size(model.config)
         self._config_dir = tempfile.TemporaryDirectory(prefix="epo-vllm-")
         model.config.save_pretrained(self._config_dir.name)
-        dtype = self.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        autocast = torch.is_autocast_enabled(device)  # the module enters the trainer's precision around sampling
+        compute = torch.get_autocast_dtype(device) if autocast else next(model.parameters()).dtype
+        dtype = self.dtype or str(compute).removeprefix("torch.")
         options = dict(self.engine_kwargs)
         if not torch.cuda.is_available():
             # vLLM rewinds a seeded request's generator when it discards a token sampled for a prompt whose prefill was

@@ -48,9 +48,11 @@ def benchmark_script(name: str) -> Iterator[ModuleType]:
     try:
         spec = importlib.util.spec_from_file_location(f"benchmark_{name}", benchmarks / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # where dataclasses look their module up
         spec.loader.exec_module(module)
         yield module
     finally:
+        sys.modules.pop(f"benchmark_{name}", None)
         sys.path.remove(str(benchmarks))
 
 

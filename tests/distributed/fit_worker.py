@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--seed_per_rank", action="store_true", help="each rank's own PL_GLOBAL_SEED: 100 + rank")
     parser.add_argument("--empty_first_step", action="store_true", help="every reset of the first rollout fails")
     parser.add_argument("--max_prompt_tokens", type=int, default=None)
+    parser.add_argument("--precision", default="32-true", help="the Trainer's (bf16-mixed: the paper configs')")
     parser.add_argument("--stop_on_valid_ratio", type=float, default=None, help="EarlyStopping under this ratio")
     parser.add_argument(
         "--batches", type=Path, default=None, help="train the cached tiny policy on these micro-batches (per rank)"
@@ -237,6 +238,7 @@ def main() -> None:
         devices=2,
         strategy=strategy,
         max_epochs=args.steps,
+        precision=args.precision,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=args.steps,

