@@ -147,7 +147,7 @@ def collect_episodes(
             parsed = parse_action(text, require_think=require_think)
             turn = Turn(prompt_ids, response_ids, text, parsed.action, False, states[i]["obs"], turn_index)
             turn.response_logprobs, turn.response_entropies = response_logprobs, response_entropies
-            turn.actions_digest = digests[i]
+            turn.actions_digest, turn.parsed = digests[i], parsed.ok
             episodes[i].turns.append(turn)
             states[i]["history"].append((states[i]["obs"], parsed.action))
             if parsed.ok:

@@ -104,6 +104,9 @@ class RolloutDataModule(pl.LightningDataModule):
             setting, trains on every row once.
         reward_scale: multiplier of the environment's success reward (1 as in the paper, 10 as in the released code).
         invalid_action_penalty: subtracted from the score of a turn whose action was invalid (0.1 in the EPO code).
+        penalize_inadmissible: an action that parsed but that the environment did not accept (not admissible) is
+            invalid too. The EPO code penalizes only unparsable responses (false, the paper configs); either way
+            ``rollout/valid_action_ratio`` counts both.
         anchor_state: what makes two turns of a task group one state for GiGPO's step-level advantage:
             ``observation`` (the reference's key) or ``observation_and_actions`` (also the same admissible actions,
             so that feedback-only observations such as "Nothing happens." do not join different states).
@@ -143,6 +146,7 @@ class RolloutDataModule(pl.LightningDataModule):
         ppo_epochs: int = 1,
         reward_scale: float = 1.0,
         invalid_action_penalty: float = 0.1,
+        penalize_inadmissible: bool = True,
         anchor_state: AnchorState = "observation",
         val_tasks: int = 32,
         require_think: bool = False,
@@ -197,6 +201,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.ppo_epochs = ppo_epochs
         self.reward_scale = reward_scale
         self.invalid_action_penalty = invalid_action_penalty
+        self.penalize_inadmissible = penalize_inadmissible
         self.anchor_state = anchor_state
         self.val_tasks = val_tasks
         self.require_think = require_think
@@ -361,7 +366,13 @@ class RolloutDataModule(pl.LightningDataModule):
         ]
         restarts = self._pool.restarts
         result = self._play(policy, tasks, rng.randrange(2**31), evaluation=False)
-        rows = episodes_to_rows(result.episodes, self.reward_scale, self.invalid_action_penalty, self.anchor_state)
+        rows = episodes_to_rows(
+            result.episodes,
+            self.reward_scale,
+            self.invalid_action_penalty,
+            self.anchor_state,
+            self.penalize_inadmissible,
+        )
         rng.shuffle(rows)
         pad_id = policy.tokenizer.pad_token_id
         identical = group_identical(rows)

@@ -58,10 +58,13 @@ def episodes_to_rows(
     reward_scale: float,
     invalid_penalty: float,
     anchor_state: AnchorState = "observation",
+    penalize_inadmissible: bool = True,
 ) -> list[TurnRow]:
     """Every turn of every error-free episode becomes a row scored with its episode's return.
 
     score = reward_scale * episode_return - invalid_penalty * [turn invalid]   (the EPO code's row reward)
+    A turn is invalid when its response did not parse, and with ``penalize_inadmissible`` also when the environment
+    did not accept its action (the EPO code penalizes only unparsable responses).
     Rows with an empty response (nothing to train) are skipped; environment-error episodes are dropped. Rows of one
     group whose turn saw the same state (``anchor_state``) share an ``anchor_id`` (GiGPO's anchor-state groups).
     """
@@ -76,7 +79,7 @@ def episodes_to_rows(
         for turn in episode.turns:
             if not turn.response_ids:
                 continue
-            penalty = 0.0 if turn.valid else invalid_penalty
+            penalty = 0.0 if (turn.valid if penalize_inadmissible else turn.parsed) else invalid_penalty
             actions = turn.actions_digest if anchor_state == "observation_and_actions" else ""
             anchor = anchors.setdefault((episode.group_id, turn.observation, actions), len(anchors))
             rows.append(

@@ -42,6 +42,7 @@ class Turn:
         response_entropies: the entropy of each response token's distribution (None if the engine reports none).
         actions_digest: a digest of the admissible actions the prompt listed (with the observation, a finer anchor
             state than the observation alone: ``data.anchor_state``).
+        parsed: the response parsed (the action may still be inadmissible: ``valid`` is False then).
     """
 
     prompt_ids: list[int]
@@ -55,6 +56,7 @@ class Turn:
     response_logprobs: list[float] | None = None
     response_entropies: list[float] | None = None
     actions_digest: str = ""
+    parsed: bool = False
 
 
 @dataclass

@@ -51,6 +51,7 @@ def test_paper_config_is_true_to_the_tables(path):
     assert (data["max_prompt_tokens"], model["max_new_tokens"]) == (2048, 512)  # max prompt and response lengths
     assert data["mini_batch_size"] == mini and data["val_tasks"] == 128  # both over all ranks
     assert data["invalid_action_penalty"] / data["reward_scale"] == 0.01  # the released code's 0.1 : 10
+    assert data["penalize_inadmissible"] is False  # the released code penalizes unparsable responses only
     assert model["grad_clip"] == 1.0 and "gradient_clip_val" not in trainer
     assert model["gradient_checkpointing"]
     # float32 weights and AdamW states with bf16 compute fit 8 x 80 GB sharded only (benchmarks/paper_memory.py)
@@ -72,5 +73,6 @@ def test_paper_config_instantiates_with_cpu_overrides(path):
     cli = cli_main(["--config", str(path), *CPU], run=False)
     assert cli.model.policy_name.startswith("Qwen/")  # the policy loads in setup, on the GPUs
     assert cli.datamodule.suite.make.__name__ in {"AlfWorldTextEnv", "ScienceWorldTextEnv"}
+    assert cli.datamodule.penalize_inadmissible is False
     kinds = {type(c) for c in cli.trainer.callbacks}
     assert ({EntropyHistory, PhaseScheduler} <= kinds) == path.stem.endswith("_epo")

@@ -86,6 +86,31 @@ def test_garbage_output_is_an_invalid_action_not_a_crash(tiny_policy_dir) -> Non
     assert {row.score for row in rows} == {-0.1}
 
 
+class FixedActionPolicy:
+    """Answers every prompt with one parsable action, admissible or not."""
+
+    def __init__(self, tokenizer, action: str) -> None:
+        self.tokenizer, self.action = tokenizer, action
+
+    def generate(self, prompts, evaluation=False):
+        return Generation([response_ids(self.tokenizer, self.action) for _ in prompts])
+
+
+def test_inadmissible_actions_are_penalized_unless_only_unparsable_ones_are(tiny_policy_dir) -> None:
+    """``penalize_inadmissible=False`` is the EPO code's rule: only a response that does not parse is penalized."""
+    _, tokenizer = load_policy(tiny_policy_dir)
+    envs = [EmbeddedTextEnv(difficulty="easy") for _ in range(3)]
+    result = collect_episodes(FixedActionPolicy(tokenizer, "go go"), envs, _tasks(3), PromptBuilder(), max_turns=3)
+    turns = [t for e in result.episodes for t in e.turns]
+    assert len(turns) == 9 and all(t.parsed and not t.valid for t in turns)  # the env refused every one
+    strict = episodes_to_rows(result.episodes, reward_scale=1.0, invalid_penalty=0.1)
+    lenient = episodes_to_rows(result.episodes, 1.0, 0.1, penalize_inadmissible=False)
+    assert {row.score for row in strict} == {row.step_reward for row in strict} == {-0.1}
+    assert {row.score for row in lenient} == {row.step_reward for row in lenient} == {0.0}
+    garbage = collect_episodes(GarbagePolicy(tokenizer), envs, _tasks(3), PromptBuilder(), max_turns=2)
+    assert {row.score for row in episodes_to_rows(garbage.episodes, 1.0, 0.1, penalize_inadmissible=False)} == {-0.1}
+
+
 class BrokenEnv(EmbeddedTextEnv):
     def step(self, action):
         raise RuntimeError("simulated crash")

@@ -38,9 +38,9 @@ class ScienceWorldTextEnv(gym.Env):
 
     ``info`` carries ``task`` (the task description), ``won``, ``score`` (0-100), ``admissible_actions`` (the valid
     action-object combinations, or [] with ``admissible_actions=False``) and, after a step, ``valid``: False when
-    ScienceWorld did not understand the action. The paper penalizes only unparsable responses; an action ScienceWorld
-    does not understand is a wasted move with ``valid=False``, which the rollout counts and penalizes like an
-    unparsable one.
+    ScienceWorld did not understand the action: a wasted move, which the rollout counts as an invalid action and, unless
+    ``data.penalize_inadmissible`` is false (the paper configs, as the EPO code, penalize only unparsable responses),
+    penalizes like an unparsable one.
 
     Args:
         task_names: the tasks to play (default: all 30).
