@@ -10,9 +10,12 @@ once per RL step as verl steps its actor scheduler once per update. With ``p`` t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from epo_lightning.errors import ConfigurationError
 
 
 class WarmupCosineLR(LambdaLR):
@@ -54,3 +57,23 @@ class WarmupCosineLR(LambdaLR):
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         cosine = (1.0 + math.cos(2.0 * math.pi * self.num_cycles * progress)) / 2.0
         return max(0.0, self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+
+
+def _unchanged(step: int) -> float:
+    return 1.0
+
+
+def hold_critic_lr(scheduler: Any) -> None:
+    """Hold the critic's parameter group (the optimizer's second) at its base learning rate.
+
+    As the EPO code's critic (``warmup_style: constant``), while ``scheduler`` goes on scheduling the policy's group.
+    """
+    if not isinstance(scheduler, LambdaLR):
+        raise ConfigurationError(
+            "model.critic_lr_schedule: constant holds the critic's group of a LambdaLR scheduler (WarmupCosineLR is "
+            f"one), and model.lr_scheduler is {type(scheduler).__name__}: use a LambdaLR, or critic_lr_schedule: "
+            "policy."
+        )
+    scheduler.lr_lambdas[1] = _unchanged
+    scheduler.optimizer.param_groups[1]["lr"] = scheduler.base_lrs[1]  # LambdaLR set it to base * factor(0)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -42,6 +42,7 @@ from epo_lightning.logprobs import ResponseScorer
 from epo_lightning.loop_state import resumed_inside_a_step
 from epo_lightning.lora import LoraSettings, adapters_disabled, base_model
 from epo_lightning.losses import EPOLossConfig, epo_loss
+from epo_lightning.lr_schedules import hold_critic_lr
 from epo_lightning.policy import enable_gradient_checkpointing, load_policy
 from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
 from epo_lightning.rollout_engine import HFEngine, RolloutEngine
@@ -122,6 +123,9 @@ class EPOModule(pl.LightningModule):
         gigpo_mode: ``mean_norm`` (subtract the group mean, GiGPO's default) or ``mean_std_norm``.
         critic_lr: learning rate of the critic's parameter group; None uses the optimizer's learning rate (as the
             EPO code does).
+        critic_lr_schedule: ``policy`` (the ``lr_scheduler`` schedules both groups) or ``constant`` (the critic's
+            learning rate stays at its base, as the EPO code's critic: no warmup, no decay). ``constant`` needs a
+            ``LambdaLR`` scheduler, such as ``WarmupCosineLR``.
         value_clip: verl's ``cliprange_value`` for the clipped value loss (0.5); None disables clipping.
         loss: the objective's static settings (``EPOLossConfig``): PPO clipping, the KL term, the aggregation,
             the smoothing corridor and the entropy controls (Clip-Cov, KL-Cov, ERC, EA); docs/algorithm.md.
@@ -163,6 +167,7 @@ class EPOModule(pl.LightningModule):
         gigpo_step_weight: float = 1.0,
         gigpo_mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
         critic_lr: float | None = None,
+        critic_lr_schedule: Literal["policy", "constant"] = "policy",
         value_clip: float | None = 0.5,
         loss: EPOLossConfig | None = None,
         grad_clip: float | None = 1.0,
@@ -179,8 +184,10 @@ class EPOModule(pl.LightningModule):
             raise ValueError("model.val_temperature must be >= 0 and model.max_new_tokens >= 1.")
         if not (0.0 <= gamma <= 1.0 and 0.0 <= gae_lambda <= 1.0):
             raise ValueError(f"model.gamma and model.gae_lambda must be in [0, 1], got {gamma} and {gae_lambda}.")
-        if critic_lr is not None and advantage != "gae":
-            raise ValueError(f"model.critic_lr only applies to advantage='gae' (the critic), not {advantage!r}.")
+        if (critic_lr is not None or critic_lr_schedule != "policy") and advantage != "gae":
+            raise ValueError(
+                f"model.critic_lr and critic_lr_schedule only apply to advantage='gae' (the critic), not {advantage!r}."
+            )
         if value_clip is not None and value_clip <= 0:
             raise ValueError(f"model.value_clip must be > 0, or null to disable value clipping; got {value_clip}.")
         if grad_clip is not None and grad_clip <= 0:
@@ -873,7 +880,7 @@ class EPOModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.lr_interval},
-        }
+        scheduler = self.scheduler_factory(optimizer)
+        if self.critic is not None and self.hparams.critic_lr_schedule == "constant":
+            hold_critic_lr(scheduler)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_interval}}

@@ -9,7 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from callbacks import AdaptiveEntropyCoef, EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.critic import ValueModel
+from epo_lightning.errors import ConfigurationError
 from epo_lightning.logprobs import ResponseScorer
+from epo_lightning.lr_schedules import WarmupCosineLR
 from epo_lightning.module import EPOModule
 from epo_lightning.types import TurnBatch
 from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
@@ -93,6 +95,55 @@ def test_policy_and_critic_get_their_own_learning_rates():
     optimizer = module.configure_optimizers()
     assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 5e-3]
     assert len(optimizer.param_groups[1]["params"]) == len(list(module.critic.parameters()))
+
+
+@pytest.mark.parametrize("schedule", ["policy", "constant"])
+def test_the_critic_learning_rate_is_scheduled_with_the_policy_s_or_held(schedule):
+    """``constant`` is the EPO code's critic (no warmup, no decay) beside the policy's warmup-cosine schedule."""
+    module = EPOModule(
+        advantage="gae",
+        critic_lr=5e-3,
+        critic_lr_schedule=schedule,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+        lr_scheduler=lambda o: WarmupCosineLR(o, total_steps=10),
+    )
+    module.actor = ResponseScorer(_tiny_llama())
+    module.critic = ValueModel(module.model)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    seen = []
+    for step in range(12):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        if step == 6:  # a resumed run: a new scheduler given the saved state goes on as the first would have
+            state = scheduler.state_dict()
+            scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+            optimizer = scheduler.optimizer
+            optimizer.load_state_dict(config["optimizer"].state_dict())
+            scheduler.load_state_dict(state)
+        optimizer.step()
+        scheduler.step()
+    factors = [scheduler.factor(step) for step in range(12)]
+    assert [policy for policy, _ in seen] == pytest.approx([1e-3 * f for f in factors])
+    held = [5e-3] * 12 if schedule == "constant" else [5e-3 * f for f in factors]
+    assert [critic for _, critic in seen] == pytest.approx(held)
+    assert scheduler.get_last_lr()[1] == pytest.approx(
+        held[-1] if schedule == "constant" else 5e-3 * scheduler.factor(12)
+    )
+
+
+def test_a_held_critic_learning_rate_needs_a_lambda_schedule():
+    module = EPOModule(
+        advantage="gae",
+        critic_lr_schedule="constant",
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1),
+    )
+    module.actor = ResponseScorer(_tiny_llama())
+    module.critic = ValueModel(module.model)
+    with pytest.raises(ConfigurationError, match="critic_lr_schedule: constant .* StepLR"):
+        module.configure_optimizers()
+    with pytest.raises(ValueError, match="critic_lr_schedule only apply to advantage='gae'"):
+        EPOModule(advantage="grpo", critic_lr_schedule="constant")
 
 
 def test_ppo_measures_and_clips_policy_and_critic_gradients_as_two_models(cache_dir, tiny_policy_dir, tmp_path):

@@ -53,6 +53,7 @@ def test_paper_config_is_true_to_the_tables(path):
     assert data["invalid_action_penalty"] / data["reward_scale"] == 0.01  # the released code's 0.1 : 10
     assert data["penalize_inadmissible"] is False  # the released code penalizes unparsable responses only
     assert model["grad_clip"] == 1.0 and "gradient_clip_val" not in trainer
+    assert model.get("critic_lr_schedule") == ("constant" if method == "ppo" else None)  # the released critic's
     assert model["gradient_checkpointing"]
     # float32 weights and AdamW states with bf16 compute fit 8 x 80 GB sharded only (benchmarks/paper_memory.py)
     assert trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")
