@@ -45,6 +45,30 @@ def test_reset_is_deterministic_per_seed_and_splits_use_disjoint_variations(env)
     assert picks["train"] <= set(env.env.get_variations_train())
 
 
+def test_paper_splits_are_the_epo_code_s_l0_and_l1_lists_sampled_by_pair():
+    """Counts as the EPO code's variations_idx files (L0 train 3,322, L0 test 1,661, L1 test 1,684; the same pairs,
+    checked against them once), over the 29 tasks they hold; a pair is drawn as that code draws it."""
+    environment = ScienceWorldTextEnv(splits="paper", admissible_actions=False)
+    try:
+        pairs = {split: set(environment._pairs[split]) for split in ("train", "val_iid", "val_ood")}
+        assert [len(pairs[s]) for s in ("train", "val_iid", "val_ood")] == [3322, 1661, 1684]
+        tasks = {task for task, _ in pairs["train"]}
+        assert len(tasks) == 29 and "use-thermometer" not in tasks
+        assert tasks == {task for task, _ in pairs["val_ood"]}  # OOD: unseen variations of the trained tasks
+        assert not pairs["train"] & pairs["val_iid"] and not pairs["train"] & pairs["val_ood"]
+        drawn = []
+        for seed in range(100):
+            environment.reset(seed=seed, options={"split": "train"})
+            assert (environment.task_name, environment.variation) in pairs["train"]
+            drawn.append(environment.task_name)
+        # 692 of the 3,322 train pairs; a task-first draw would give it 1 in 29
+        assert 0.1 < drawn.count("inclined-plane-friction-named-surfaces") / len(drawn) < 0.35
+    finally:
+        environment.close()
+    with pytest.raises(ValueError, match="splits='paper' fixes the tasks"):
+        ScienceWorldTextEnv(splits="paper", task_names=[TASK])
+
+
 def test_gold_path_wins_with_the_success_reward_and_unknown_input_is_invalid(env):
     obs, info = env.reset(seed=0)
     assert info["task"].startswith("Your task is to find") and info["admissible_actions"]

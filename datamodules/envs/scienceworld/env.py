@@ -4,14 +4,22 @@
 valid action-object combinations; this adapter calls the simulator's server step directly (~500 steps/s) and fetches
 the valid combinations only when the prompt shows them (``admissible_actions=True``, ~25 ms per step).
 
-Splits (by task id, the index into ``get_task_names()``; the held-out set is RLVMR's / the EPO code's L2 OOD tasks):
+Splits (by task id, the index into ``get_task_names()``), ``splits="unseen_tasks"`` (the default; the held-out set is
+RLVMR's / the EPO code's L2 OOD tasks):
 
 - ``train``: training variations of the in-distribution tasks;
 - ``val_iid``: dev variations of the same tasks (seen tasks, unseen variations);
 - ``val_ood``: test variations of the held-out tasks, or, when ``task_names`` holds none of them, test variations of
   the chosen tasks (unseen variations, like the L1 split).
 
-``reset(seed=s)`` picks (task, variation) deterministically from ``(split, s)``.
+``splits="paper"``: what the paper reports (IID = L0, OOD = L1). ``train``, ``val_iid`` and ``val_ood`` are the train,
+dev and test variations of every task but ``use-thermometer`` (ids 0-28): pair for pair the EPO code's
+``variations_idx`` lists L0 train (3,322), L0 test (1,661) and L1 test (1,684), checked against its files.
+
+``reset(seed=s)`` picks (task, variation) deterministically from ``(split, s)``: a task, then one of its variations
+(``unseen_tasks``), or one (task, variation) pair of the split, as the EPO code samples its lists (``paper``; a task
+with many variations comes up as often as it has them: ``inclined-plane-friction-named-surfaces`` is 21% of L0 train).
+The ``paper`` splits list every task's variations once, at construction (~5 s).
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ from datamodules.envs import require
 
 #: RLVMR's held-out ScienceWorld task ids (the EPO code's L2 test split).
 OOD_TASK_IDS: tuple[int, ...] = (1, 4, 8, 11, 13, 16, 18, 21, 24, 28)
+#: The one task the paper's L0 and L1 lists leave out (id 29).
+PAPER_EXCLUDED_TASK = "use-thermometer"
+#: ``unseen_tasks``: held-out task types as OOD (L2); ``paper``: unseen variations of the trained tasks (L0 / L1).
+SPLITS = ("unseen_tasks", "paper")
 #: What ScienceWorld answers to an input it cannot parse.
 UNKNOWN_ACTION = "No known action matches that input."
 
@@ -48,6 +60,8 @@ class ScienceWorldTextEnv(gym.Env):
         env_step_limit: the simulator's own move limit (100 in the EPO code); reaching it ends the episode.
         reward: ``success`` (the paper's 1 on success, else 0) or ``code`` (the released code's 10 * won).
         ood_task_ids: held-out task ids of the ``val_ood`` split.
+        splits: ``unseen_tasks`` (held-out task types as OOD, RLVMR's L2) or ``paper`` (the paper's IID = L0 and
+            OOD = L1: unseen variations of the 29 trained tasks; ``task_names`` and ``ood_task_ids`` stay unset).
         admissible_actions: fetch the valid action-object combinations every step (the prompt lists them).
 
     Raises:
@@ -66,6 +80,7 @@ class ScienceWorldTextEnv(gym.Env):
         reward: Literal["success", "code"] = "success",
         ood_task_ids: Sequence[int] = OOD_TASK_IDS,
         admissible_actions: bool = True,
+        splits: Literal["unseen_tasks", "paper"] = "unseen_tasks",
     ) -> None:
         require("scienceworld", "scienceworld")
         if shutil.which("java") is None:
@@ -75,6 +90,13 @@ class ScienceWorldTextEnv(gym.Env):
             )
         if reward not in ("success", "code"):
             raise ValueError(f"reward must be 'success' (0/1, the paper) or 'code' (10 * won), got {reward!r}.")
+        if splits not in SPLITS:
+            raise ValueError(f"splits must be one of {SPLITS}, got {splits!r}.")
+        if splits == "paper" and (task_names or tuple(ood_task_ids) != OOD_TASK_IDS):
+            raise ValueError(
+                "splits='paper' fixes the tasks (all but use-thermometer) and has no held-out ones: leave task_names "
+                "and ood_task_ids unset, or use splits='unseen_tasks'."
+            )
         from scienceworld import ScienceWorldEnv
 
         self.observation_space = spaces.Text(max_length=16384)
@@ -85,6 +107,8 @@ class ScienceWorldTextEnv(gym.Env):
         self.env = ScienceWorldEnv("", envStepLimit=env_step_limit)
         self.env_step_limit = env_step_limit
         all_tasks = list(self.env.get_task_names())
+        if splits == "paper":
+            task_names, ood_task_ids = [t for t in all_tasks if t != PAPER_EXCLUDED_TASK], ()
         chosen = list(task_names) if task_names else all_tasks
         unknown = sorted(set(chosen) - set(all_tasks))
         if unknown:
@@ -99,6 +123,13 @@ class ScienceWorldTextEnv(gym.Env):
             "val_ood": [(t, "test") for t in unseen] or [(t, "test") for t in seen],
             "test": [(t, "test") for t in seen],
         }
+        self._pairs: dict[str, list[tuple[str, int]]] = {}
+        if splits == "paper":
+            variations = {task: self._variations(task) for task in seen}
+            self._pairs = {
+                split: [(task, v) for task, kind in entries for v in variations[task][kind]]
+                for split, entries in self._splits.items()
+            }
         self.task_name = ""
         self.task = ""
         self.variation = -1
@@ -112,12 +143,11 @@ class ScienceWorldTextEnv(gym.Env):
         if split not in self._splits:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(self._splits)}.")
         rng = random.Random(f"scienceworld:{split}:{seed}")
-        self.task_name, kind = rng.choice(self._splits[split])
-        self.env.load(self.task_name, 0, self.simplification, generateGoldPath=False)
-        variations = {"train": self.env.get_variations_train, "dev": self.env.get_variations_dev}.get(
-            kind, self.env.get_variations_test
-        )()
-        self.variation = rng.choice(list(variations))
+        if self._pairs:
+            self.task_name, self.variation = rng.choice(self._pairs[split])
+        else:
+            self.task_name, kind = rng.choice(self._splits[split])
+            self.variation = rng.choice(self._variations(self.task_name)[kind])
         return self._load(gold=False)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -151,6 +181,15 @@ class ScienceWorldTextEnv(gym.Env):
         """The current task's gold action sequence; reloads the task, so call it right after ``reset``."""
         self._load(gold=True)
         return list(self.env.get_gold_action_sequence())
+
+    def _variations(self, task: str) -> dict[str, list[int]]:
+        """The task's ``train``, ``dev`` and ``test`` variation ids (loading its variation 0)."""
+        self.env.load(task, 0, self.simplification, generateGoldPath=False)
+        return {
+            "train": list(self.env.get_variations_train()),
+            "dev": list(self.env.get_variations_dev()),
+            "test": list(self.env.get_variations_test()),
+        }
 
     def _load(self, gold: bool) -> tuple[str, dict[str, Any]]:
         self.env.load(self.task_name, self.variation, self.simplification, generateGoldPath=gold)
