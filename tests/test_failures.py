@@ -29,15 +29,26 @@ def _module(cache_dir, **kwargs):
 
 
 def test_divergence_stops_before_any_checkpoint_with_non_finite_weights(cache_dir, tiny_policy_dir, tmp_path):
-    module = _module(cache_dir, grad_clip=None, optimizer=lambda p: torch.optim.SGD(p, lr=1e30))
+    module = _module(
+        cache_dir,
+        grad_clip=None,
+        optimizer=lambda p: torch.optim.SGD(p, lr=1e-3),
+        # RL step 0 trains and is saved; step 1's learning rate blows the weights up
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0 if step == 0 else 1e33),
+        lr_interval="epoch",
+    )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     trainer = make_trainer(
         tmp_path, max_epochs=3, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint]
     )
     with pytest.raises(FloatingPointError, match="learning rate"):
         trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
-    for path in (tmp_path / "ckpt").glob("*.ckpt"):  # whatever was written holds finite weights only
-        state = torch.load(path, weights_only=False, map_location="cpu")["state_dict"]
+    written = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert "last.ckpt" in [path.name for path in written]
+    for path in written:  # step 0's, with finite weights; nothing of step 1 was written
+        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+        assert checkpoint["epoch"] == 0, path
+        state = checkpoint["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 

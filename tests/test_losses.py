@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -426,5 +427,7 @@ def test_config_validation(kwargs, message):
 def test_config_warns_on_assumption_a4():
     with pytest.warns(UserWarning, match="A.4"):
         EPOLossConfig(alpha=0.5)
-    EPOLossConfig(alpha=0.5, smoothing="indicator")  # no gradient: the assumption does not apply
-    EPOLossConfig(dual_clip=None, alpha=0.49)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither may warn
+        EPOLossConfig(alpha=0.5, smoothing="indicator")  # no gradient: the assumption does not apply
+        EPOLossConfig(dual_clip=None, alpha=0.49)

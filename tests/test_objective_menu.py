@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from callbacks import AdaptiveEntropyCoef, EntropyHistory, PhaseScheduler
@@ -46,10 +47,22 @@ MENU = {
 }
 
 
+class _Moved(Callback):
+    """Whether the policy's weights changed between the start and the end of training."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.initial = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.changed = any(not torch.equal(self.initial[n], p) for n, p in pl_module.model.named_parameters())
+
+
 @pytest.mark.parametrize("name", sorted(MENU))
 def test_each_estimator_and_entropy_control_trains_and_logs_its_diagnostics(name, cache_dir, tiny_policy_dir, tmp_path):
     kwargs, diagnostics = MENU[name]
-    module, metrics = _fit(cache_dir, tmp_path, callbacks=[EntropyHistory(), PhaseScheduler()], **kwargs)
+    moved = _Moved()
+    module, metrics = _fit(cache_dir, tmp_path, callbacks=[EntropyHistory(), PhaseScheduler(), moved], **kwargs)
+    assert moved.changed, "the policy did not train"
     for key in ("loss/total", "loss/pg", "entropy/token_mean", "entropy/reference", *diagnostics):
         assert key in metrics, key
         assert math.isfinite(float(metrics[key])), key
@@ -146,12 +159,31 @@ def test_a_held_critic_learning_rate_needs_a_lambda_schedule():
         EPOModule(advantage="grpo", critic_lr_schedule="constant")
 
 
+class _StepNorms(Callback):
+    """The gradient norms of the policy and of the critic that each optimizer step applies (after clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[tuple[float, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        policy, critic = (
+            float(torch.nn.utils.get_total_norm([p.grad for p in m.parameters() if p.grad is not None]))
+            for m in (pl_module.actor, pl_module.critic)
+        )
+        self.norms.append((policy, critic))
+
+
 def test_ppo_measures_and_clips_policy_and_critic_gradients_as_two_models(cache_dir, tiny_policy_dir, tmp_path):
     module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), advantage="gae", grad_clip=0.5)
-    trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    steps = _StepNorms()
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[steps])
     trainer.fit(module, datamodule=RolloutDataModule(**EASY_DATA))
     assert {"grad_norm/policy", "grad_norm/critic"} <= set(trainer.callback_metrics)
     assert float(trainer.callback_metrics["grad_norm/critic"]) > 0
+    # each model clipped to 0.5 on its own (clipped together, the larger norm would shrink the other model's too)
+    assert steps.norms and all(p <= 0.5 + 1e-5 and c <= 0.5 + 1e-5 for p, c in steps.norms)
+    # a step whose two applied norms together exceed 0.5: clipping both as one model could not have given it
+    assert any(math.hypot(p, c) > 0.5 + 1e-3 for p, c in steps.norms), steps.norms
 
 
 def _batch(scores, values, mask, turn_index=None):

@@ -48,6 +48,9 @@ def test_resumed_fit_matches_the_uninterrupted_one(tmp_path, cache_dir, tiny_pol
     assert resumed_history.history == straight_history.history
     for key in KEYS:
         assert torch.equal(resumed.callback_metrics[key], straight.callback_metrics[key]), key
+    final = dict(straight.lightning_module.named_parameters())
+    for name, value in resumed.lightning_module.named_parameters():  # the last update too, and the optimizer state
+        assert torch.equal(value, final[name]), name
 
 
 def test_an_explicit_data_seed_that_differs_from_the_checkpoint_s_is_kept_with_a_warning():

@@ -103,7 +103,8 @@ def test_ppo_epochs_run_the_step_s_updates_again_after_the_first_pass(tmp_path, 
             self.params: dict = {}
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.batches.append(batch)
+            # copies: a later pass must see the same values, not only the same (possibly modified) objects
+            self.batches.append({k: v.clone() for k, v in vars(batch).items() if isinstance(v, torch.Tensor)})
             if trainer.global_step == updates and not self.params:
                 self.params = {name: p.detach().clone() for name, p in pl_module.model.named_parameters()}
 
@@ -115,7 +116,9 @@ def test_ppo_epochs_run_the_step_s_updates_again_after_the_first_pass(tmp_path, 
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3 * updates
     passes = len(first_pass.batches) // 3
-    assert first_pass.batches == first_pass.batches[:passes] * 3  # the same micro-batches, in the same order
+    for k, batch in enumerate(first_pass.batches):  # the same micro-batches, in the same order, values unchanged
+        first = first_pass.batches[k % passes]
+        assert batch.keys() == first.keys() and all(torch.equal(batch[f], first[f]) for f in first), k
     for name, value in single.items():  # the first pass is the whole of a one-pass step; the others train on
         assert torch.allclose(first_pass.params[name], value, atol=1e-6), name
     moved = [(module.model.get_parameter(name) - value).abs().max() for name, value in single.items()]
