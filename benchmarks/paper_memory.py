@@ -7,14 +7,15 @@ checkpoints' config.json, so nothing is downloaded. Counted, in bytes per GPU:
 
 - policy parameters, gradients and AdamW's two states in the weights' precision (``bf16-mixed``: float32 weights,
   4 bytes each, as the released code's FSDP keeps them; ``bf16-true``: 2), activations and the KV cache in the compute
-  precision (bf16: 2 bytes);
+  precision (bf16: 2 bytes). Under DDP, ``bf16-mixed`` is autocast over float32 weights, so the hidden states between
+  blocks, which checkpointing keeps, stay float32; FSDP2 gathers the weights in bf16 and computes all in bf16;
 - the frozen KL reference (parameters only) when ``kl_coef > 0``;
 - the critic (the policy's backbone and a value head, trained: parameters, gradients, AdamW) with ``advantage: gae``;
 - training activations of one micro-batch of ``micro_batch_size`` rows of 2048 + 512 tokens, with gradient
   checkpointing of the transformer blocks (the blocks' inputs kept, one block recomputed) and without it, plus the
   chunked vocabulary projection (1024 positions x vocabulary, float32);
 - the rollout: the KV cache of the rank's ``tasks_per_step x group_size`` sequences, and under FSDP2 the policy's
-  full parameters, which every rank gathers for sampling (``epo_lightning.sharding.unsharded``).
+  full parameters (in the compute dtype), which every rank gathers for sampling (``epo_lightning.sharding.unsharded``).
 
 Under FSDP2 parameters, gradients and optimizer states are 1/8 per GPU. The peak is the larger of the training phase
 and the rollout phase. A config "fits" when its peak stays under 72 GB (10% headroom for the CUDA context, the
@@ -73,7 +74,8 @@ def memory(config: dict, sharded: bool, checkpointing: bool) -> dict[str, float]
     critic = arch.parameters(with_head=False) + arch.hidden + 1 if model.get("advantage") == "gae" else 0
     rows, length = data["micro_batch_size"], PROMPT + RESPONSE
     block = rows * length * (10 * arch.hidden + 4 * arch.intermediate) * compute  # one block's forward working set
-    saved = rows * length * arch.hidden * compute * arch.layers if checkpointing else block * arch.layers
+    stream = compute if sharded else size  # the residual stream: float32 under autocast over float32 weights
+    saved = rows * length * arch.hidden * stream * arch.layers if checkpointing else block * arch.layers
     head = HEAD_CHUNK * arch.vocab * 4 * 3
     kv = 2 * arch.layers * arch.kv_heads * (arch.hidden // arch.heads) * length * compute
     rollout_rows = data["tasks_per_step"] * data["group_size"]
@@ -85,7 +87,7 @@ def memory(config: dict, sharded: bool, checkpointing: bool) -> dict[str, float]
         "reference": (policy * size / shards if model.get("loss", {}).get("kl_coef", 0) > 0 else 0) * gb,
         "critic": 4 * critic * size / shards * gb,
         "activations": (saved + block + head) * (2 if critic else 1) * gb,
-        "rollout": (kv * rollout_rows + (policy * size if sharded else 0)) * gb,
+        "rollout": (kv * rollout_rows + (policy * compute if sharded else 0)) * gb,  # FSDP2 gathers in compute dtype
     }
     resident = parts["params"] + parts["adam"] + parts["reference"] + parts["critic"] * 3 / 4  # no grads at rollout
     parts["peak"] = max(sum(v for k, v in parts.items() if k != "rollout"), resident + parts["rollout"])

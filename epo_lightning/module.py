@@ -184,6 +184,8 @@ class EPOModule(pl.LightningModule):
             raise ValueError("model.val_temperature must be >= 0 and model.max_new_tokens >= 1.")
         if not (0.0 <= gamma <= 1.0 and 0.0 <= gae_lambda <= 1.0):
             raise ValueError(f"model.gamma and model.gae_lambda must be in [0, 1], got {gamma} and {gae_lambda}.")
+        if critic_lr_schedule not in ("policy", "constant"):
+            raise ValueError(f"model.critic_lr_schedule must be 'policy' or 'constant', got {critic_lr_schedule!r}.")
         if (critic_lr is not None or critic_lr_schedule != "policy") and advantage != "gae":
             raise ValueError(
                 f"model.critic_lr and critic_lr_schedule only apply to advantage='gae' (the critic), not {advantage!r}."
@@ -267,6 +269,7 @@ class EPOModule(pl.LightningModule):
         self.rollout_engine.check_world_size(self.trainer.world_size)
         if stage == "fit":
             self._check_engine_settings()
+            self._check_critic_schedule()
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its writes atomic
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(self.trainer.strategy, ModelParallelStrategy):  # FSDP2's sharded directories as well
@@ -284,6 +287,13 @@ class EPOModule(pl.LightningModule):
                 "model.policy='tiny' builds its tokenizer and format prior from the environment: train with a "
                 "RolloutDataModule (data: ...), or set model.policy to a Hugging Face model id or directory."
             )
+
+    def _check_critic_schedule(self) -> None:
+        """Refuse ``critic_lr_schedule: constant`` with a scheduler it cannot hold, before any model is built."""
+        if self.hparams.critic_lr_schedule != "constant" or self.scheduler_factory is None:
+            return
+        groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in range(2)]
+        hold_critic_lr(self.scheduler_factory(torch.optim.SGD(groups, lr=1.0)))
 
     def _check_engine_settings(self) -> None:
         """Refuse engine settings that cannot train, before the first rollout.
@@ -336,10 +346,11 @@ class EPOModule(pl.LightningModule):
         self.actor = ResponseScorer(model)
         mesh = self._data_parallel_mesh()
         if mesh is not None:
+            compute = torch.bfloat16 if self.trainer.precision == "bf16-mixed" else None
             for scorer in filter(None, (self.actor, self.reference)):
-                shard(scorer, scorer.lm.get_decoder().layers, mesh, frozen=scorer is self.reference)
+                shard(scorer, scorer.lm.get_decoder().layers, mesh, scorer is self.reference, compute)
             if self.critic is not None:
-                shard(self.critic, self.critic.backbone.layers, mesh)
+                shard(self.critic, self.critic.backbone.layers, mesh, compute_dtype=compute)
 
     def _has_env(self) -> bool:
         """The Trainer's DataModule can play the environment (what the tiny preset is built from)."""
@@ -784,7 +795,7 @@ class EPOModule(pl.LightningModule):
         """Say when the trained weights themselves are bf16 or fp16, where small updates round away.
 
         bf16 resolves about 2**-8 of a weight, and one AdamW step at the paper's lr (5e-6) moves a weight by ~1e-4 of
-        it: one such step changed 7% of a bf16 Qwen2's weights and 100% of a float32 one's.
+        it: one such step changed 8% of a bf16 Qwen2's weights (benchmarks/bf16_updates.py) and 100% of a float32 one's.
         """
         low = {p.dtype for p in self.parameters() if p.requires_grad} & {torch.bfloat16, torch.float16}
         if low:

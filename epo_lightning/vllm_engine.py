@@ -193,7 +193,7 @@ class VLLMEngine(RolloutEngine):
         self._check_head_size(model.config)
         self._config_dir = tempfile.TemporaryDirectory(prefix="epo-vllm-")
         model.config.save_pretrained(self._config_dir.name)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = next(model.parameters()).device.type
         autocast = torch.is_autocast_enabled(device)  # the module enters the trainer's precision around sampling
         compute = torch.get_autocast_dtype(device) if autocast else next(model.parameters()).dtype
         dtype = self.dtype or str(compute).removeprefix("torch.")

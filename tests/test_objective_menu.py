@@ -144,19 +144,21 @@ def test_the_critic_learning_rate_is_scheduled_with_the_policy_s_or_held(schedul
     )
 
 
-def test_a_held_critic_learning_rate_needs_a_lambda_schedule():
+def test_a_held_critic_learning_rate_needs_a_lambda_schedule_which_setup_checks(tmp_path):
     module = EPOModule(
         advantage="gae",
         critic_lr_schedule="constant",
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1),
     )
-    module.actor = ResponseScorer(_tiny_llama())
-    module.critic = ValueModel(module.model)
+    module.trainer = make_trainer(tmp_path)
     with pytest.raises(ConfigurationError, match="critic_lr_schedule: constant .* StepLR"):
-        module.configure_optimizers()
+        module.setup("fit")  # before any model is built (a 7B policy, its reference and critic)
+    assert module.actor is None
     with pytest.raises(ValueError, match="critic_lr_schedule only apply to advantage='gae'"):
         EPOModule(advantage="grpo", critic_lr_schedule="constant")
+    with pytest.raises(ValueError, match="must be 'policy' or 'constant', got 'Constant'"):
+        EPOModule(advantage="gae", critic_lr_schedule="Constant")
 
 
 class _StepNorms(Callback):

@@ -80,6 +80,9 @@ class Recorder(Callback):
 
         def recording(policy: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             self.record["sampled_sharded"].append(all(isinstance(p, DTensor) for p in policy.parameters()))
+            self.record["sampled_dtypes"] = self.record.get("sampled_dtypes", set()) | {
+                p.dtype for p in policy.parameters()
+            }
             return generate(policy, *args, **kwargs)
 
         engine.generate = recording

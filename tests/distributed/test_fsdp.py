@@ -38,6 +38,8 @@ def test_bf16_mixed_trains_float32_weights_sharded(fsdp_run, ddp_run, tmp_path):
     """The paper configs' precision under FSDP2: float32 master weights that train, bf16 compute, ranks one model."""
     _, cache = ddp_run
     first, second = torchrun(tmp_path / "out", cache, "--steps", "2", "--strategy", "fsdp", "--precision", "bf16-mixed")
+    # FSDP2 gathers the float32 shards in bf16 (as the released code's FSDP): the policy sampled in bf16
+    assert first["sampled_dtypes"] == second["sampled_dtypes"] == {torch.bfloat16}
     for step in range(2):
         for name, value in first["params"][step].items():
             assert value.dtype == torch.float32 and torch.equal(value, second["params"][step][name]), name
