@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from datamodules.prompts import ACTION_CLOSE, ACTION_OPEN
+from epo_lightning.action_format import ACTION_CLOSE, ACTION_OPEN
 
 _ACTION = re.compile(re.escape(ACTION_OPEN) + r"(.*?)" + re.escape(ACTION_CLOSE), re.DOTALL)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")

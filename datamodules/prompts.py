@@ -16,9 +16,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # environment workers import this module: keep transformers out of their start-up
     from transformers import PreTrainedTokenizerBase
 
-ACTION_OPEN = "<action>"
-ACTION_CLOSE = "</action>"
-
 #: Every word the plain template itself contributes (the tiny tokenizer's vocabulary adds these to the env's words).
 TEMPLATE_WORDS: tuple[str, ...] = ("goal", "before", "you", "did", "now", "actions", ":", ";", ".", "|")
 

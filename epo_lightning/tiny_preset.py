@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from datamodules.prompts import ACTION_CLOSE, ACTION_OPEN
+from epo_lightning.action_format import ACTION_CLOSE, ACTION_OPEN
 from epo_lightning.policy import build_once, save_policy
 from epo_lightning.progress_display import transient_display
 
