@@ -292,14 +292,15 @@ def test_the_data_s_anchor_state_reaches_the_rows_gigpo_trains_on(cache_dir, tin
 
     keys, make_rows = [], rollout_datamodule.episodes_to_rows
 
-    def recording(episodes, reward_scale, invalid_penalty, anchor_state="observation"):
-        keys.append(anchor_state)
-        return make_rows(episodes, reward_scale, invalid_penalty, anchor_state)
+    def recording(episodes, reward_scale, invalid_penalty, anchor_state="observation", penalize_inadmissible=True):
+        keys.append((anchor_state, penalize_inadmissible))
+        return make_rows(episodes, reward_scale, invalid_penalty, anchor_state, penalize_inadmissible)
 
     monkeypatch.setattr(rollout_datamodule, "episodes_to_rows", recording)
     module = EPOModule(tiny=TEST_PRESET, cache_dir=str(cache_dir), advantage="gigpo")
-    data = RolloutDataModule(**EASY_DATA, anchor_state="observation_and_actions")
+    data = RolloutDataModule(**EASY_DATA, anchor_state="observation_and_actions", penalize_inadmissible=False)
     make_trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(module, datamodule=data)
-    assert keys == ["observation_and_actions"] * 2  # one rollout per RL step (tests/test_rollout.py: what it changes)
+    # one rollout per RL step (tests/test_rollout.py: what each setting changes in the rows)
+    assert keys == [("observation_and_actions", False)] * 2
     with pytest.raises(ValueError, match="data.anchor_state must be one of"):
         RolloutDataModule(anchor_state="state")
