@@ -39,8 +39,8 @@ def shard(
     float32 shards are gathered in it and gradients reduced in float32, as the released code's FSDP does: the
     forward, the hidden states and a gathered policy then take half the memory of float32 ones.
     """
-    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else None
-    options = {"mp_policy": policy} if policy is not None else {}
+    mixed = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    options = {"mp_policy": mixed} if compute_dtype is not None else {}
     for block in blocks:
         fully_shard(block, mesh=mesh, **options)
     fully_shard(root, mesh=mesh, **options, **({"reshard_after_forward": True} if frozen else {}))

@@ -193,9 +193,9 @@ class VLLMEngine(RolloutEngine):
         self._check_head_size(model.config)
         self._config_dir = tempfile.TemporaryDirectory(prefix="epo-vllm-")
         model.config.save_pretrained(self._config_dir.name)
-        device = next(model.parameters()).device.type
-        autocast = torch.is_autocast_enabled(device)  # the module enters the trainer's precision around sampling
-        compute = torch.get_autocast_dtype(device) if autocast else next(model.parameters()).dtype
+        weight = next(model.parameters())
+        autocast = torch.is_autocast_enabled(weight.device.type)  # the module enters the trainer's precision to sample
+        compute = torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
         dtype = self.dtype or str(compute).removeprefix("torch.")
         options = dict(self.engine_kwargs)
         if not torch.cuda.is_available():
