@@ -20,11 +20,11 @@ directory, ~3 MB for the tiny preset), for analyses such as ``benchmarks/embedde
   half the mean squared change from one step to the next (the variance without the slow trend: oscillation). The
   paper's claim is about all three: EPO keeps entropy from collapsing and from oscillating;
 
-then each arm against ``grpo`` on paired seeds (IID, OOD and windowed rollout success): the mean difference +- its
-std, the exact sign-flip p-value (every assignment of signs to the paired differences; no normal approximation,
-which would be wrong for a handful of seeds), and how many seeds per arm a difference of 0.05 would need at the
-observed rollout spread (two-sided 5%, power 80%, normal approximation); and plots (PNG): entropy and rollout
-success over RL steps, and the per-turn entropy of the last window.
+then each arm against ``grpo`` on paired seeds (IID, OOD, the entropy's variance across steps and windowed rollout
+success): the mean difference +- its std, the exact sign-flip p-value (every assignment of signs to the paired
+differences; no normal approximation, which would be wrong for a handful of seeds), and how many seeds per arm a
+difference of 0.05 would need at the observed rollout spread (two-sided 5%, power 80%, normal approximation); and
+plots (PNG): entropy and rollout success over RL steps, and the per-turn entropy of the last window.
 
 The null control ``epo_base_null`` is ``epo_base`` with lambda changed by 1%: its difference from ``epo_base`` shows
 the run-to-run noise floor that any claimed effect must clear.
@@ -199,7 +199,7 @@ def report(args: argparse.Namespace) -> None:
         minutes = statistics.fmean(r["seconds"] for r in records[arm].values()) / 60
         print(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {minutes:.1f} |")
     print("\npaired on seeds, arm minus baseline: mean difference +- std (sign-flip p); seeds per arm to see 0.05")
-    print("| arm | baseline | pairs | IID | OOD | rollout | seeds for 0.05 (rollout) |\n|---|---|---|---|---|---|---|")
+    print("| arm | baseline | pairs | IID | OOD | H var | rollout | seeds for 0.05 (rollout) |\n" + "|---" * 8 + "|")
     for arm, baseline in [(a, b) for a in summaries for b in BASELINES.get(a, ("grpo",))]:
         if arm == baseline or baseline not in summaries:
             continue
@@ -207,10 +207,11 @@ def report(args: argparse.Namespace) -> None:
         if len(pairs) < 2:
             continue
         cells, spread = [], 0.0
-        for key in ("IID", "OOD", "rollout"):  # rollout last: its spread sizes the study
+        for key in ("IID", "OOD", "H var", "rollout"):  # rollout last: its spread sizes the study
             differences = [summaries[arm][s][key] - summaries[baseline][s][key] for s in pairs]
             mean, spread = statistics.fmean(differences), statistics.stdev(differences)
-            cells.append(f"{mean:+.3f} +- {spread:.3f} (p = {sign_flip_p(differences):.2f})")
+            digits = ".2e" if key == "H var" else ".3f"  # the entropy's variance across steps is ~1e-4
+            cells.append(f"{mean:+{digits}} +- {spread:{digits}} (p = {sign_flip_p(differences):.2f})")
         print(f"| {arm} | {baseline} | {len(pairs)} | {' | '.join(cells)} | {seeds_needed(spread)} |")
     plot(records, Path(args.out), args.window)
 

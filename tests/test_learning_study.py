@@ -63,8 +63,10 @@ def test_report_pairs_seeds_and_summarizes_the_final_window(study, tmp_path, cap
     assert "| 0.333 +- 0 | 0.01 +- 0 | 0.02 +- 0 | 1.0 |" in printed  # window mean of 0.4, 0.2, 0.4
     # differences 0.05, 0.1, 0.05: mean 0.067, sd 0.029; of the 8 sign flips only all-plus and all-minus reach 0.067
     difference = "+0.067 +- 0.029 (p = 0.25)"  # IID, OOD and rollout alike here
-    assert f"| grpo_epo | grpo | 3 | {difference} | {difference} | {difference} | 3 |" in printed
-    assert f"| ppo_epo | ppo | 3 | {difference} | {difference} | {difference} | 3 |" in printed  # EPO on top of PPO
+    # the entropy's variance across steps: 0.01 against 0 in every pair; equal between ppo_epo and ppo
+    h_var, no_h_var = "+1.00e-02 +- 0.00e+00 (p = 0.25)", "+0.00e+00 +- 0.00e+00 (p = 1.00)"
+    assert f"| grpo_epo | grpo | 3 | {difference} | {difference} | {h_var} | {difference} | 3 |" in printed
+    assert f"| ppo_epo | ppo | 3 | {difference} | {difference} | {no_h_var} | {difference} | 3 |" in printed
     assert "| ppo_epo | grpo | 3 | +0.167 +- 0.029 (p = 0.25)" in printed
     assert "| ppo | grpo | 3 | +0.100 +- 0.000" in printed
     assert (tmp_path / "learning.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
