@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,6 +58,14 @@ def load_policy(
         tokenizer.pad_token = tokenizer.eos_token
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_DTYPES[dtype], **options)
+    if not end_of_turn_ids(model, tokenizer):
+        warnings.warn(
+            f"Nothing ends a response of {name_or_path}: its tokenizer has no eos token, its generation_config no "
+            "eos_token_id and its chat template no end-of-turn token, so every response runs to max_new_tokens (and "
+            "is trained on to the end). Add an eos token (tokenizer.add_special_tokens({'eos_token': ...}), then "
+            "save_pretrained) and point model.policy at the saved directory.",
+            stacklevel=2,
+        )
     return model, tokenizer
 
 

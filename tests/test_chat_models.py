@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -228,3 +229,19 @@ def test_a_tokenizer_without_pad_or_eos_is_refused_when_loaded_with_what_to_add(
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="neither a pad nor an eos token.*add_special_tokens"):
         load_policy(tmp_path)
+
+
+def test_a_policy_that_nothing_ends_a_response_of_is_loaded_with_a_warning_saying_what_to_add(tmp_path):
+    model, tokenizer = _chatml_base_model()
+    tokenizer.eos_token = None  # the pad token stays: rows can be padded, but no token ends a response
+    model.generation_config.eos_token_id = model.config.eos_token_id = None
+    for name, template in (("chatml", CHATML), ("plain", None)):
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(tmp_path / name)
+        model.save_pretrained(tmp_path / name)
+    with warnings.catch_warnings():  # the ChatML template still ends a turn with <|im_end|>: no warning
+        warnings.simplefilter("error")
+        _, loaded = load_policy(tmp_path / "chatml")
+    assert loaded.eos_token_id is None
+    with pytest.warns(UserWarning, match="Nothing ends a response.*runs to max_new_tokens.*add_special_tokens"):
+        load_policy(tmp_path / "plain")
