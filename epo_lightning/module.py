@@ -45,7 +45,7 @@ from epo_lightning.loop_state import resumed_inside_a_step
 from epo_lightning.lora import LoraSettings, adapters_disabled, base_model
 from epo_lightning.losses import EPOLossConfig, epo_loss
 from epo_lightning.lr_schedules import hold_critic_lr
-from epo_lightning.policy import enable_gradient_checkpointing, load_policy
+from epo_lightning.policy import context_length, enable_gradient_checkpointing, load_policy
 from epo_lightning.pretrained import NAMED_POLICIES, resolve_policy
 from epo_lightning.rollout_engine import HFEngine, RolloutEngine
 from epo_lightning.rollout_metrics import RolloutMetrics
@@ -436,11 +436,12 @@ class EPOModule(pl.LightningModule):
     def prompt_token_limit(self) -> int | None:
         """The longest prompt that leaves room for a whole response, or None when nothing states a context length.
 
-        The context is the policy's ``max_position_embeddings`` or the engine's ``max_model_len``, whichever is
-        shorter, less ``max_new_tokens``. A longer prompt makes a model with learned positions fail and vLLM refuse
-        the request; one with rotary positions reads positions it was never trained on.
+        The context is the policy's (``context_length``: ``max_position_embeddings``, rotary scaling included) or the
+        engine's ``max_model_len``, whichever is shorter, less ``max_new_tokens``. A longer prompt makes a model with
+        learned positions fail and vLLM refuse the request; one with rotary positions reads positions it was never
+        trained on.
         """
-        contexts = [getattr(base_model(self.model).config, "max_position_embeddings", None)]
+        contexts = [context_length(base_model(self.model).config)]
         contexts.append(self.rollout_engine.max_model_len)
         known = [context for context in contexts if context]
         return min(known) - self.hparams.max_new_tokens if known else None

@@ -22,6 +22,7 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -67,6 +68,26 @@ def load_policy(
             stacklevel=2,
         )
     return model, tokenizer
+
+
+def context_length(config: PretrainedConfig) -> int | None:
+    """The longest sequence the model's positions are meant for, rotary scaling included; None when unstated.
+
+    ``max_position_embeddings`` is the pretrained length for most checkpoints, but a YaRN-extended one (Qwen2.5's
+    ``rope_scaling: {type: yarn, factor: 4}``) reaches ``factor`` times ``original_max_position_embeddings``, and
+    linear or dynamic scaling ``factor`` times ``max_position_embeddings``. Llama 3's and LongRoPE's configs already
+    state the extended length. Per-layer rope settings (a dict of dicts) are read as unscaled.
+    """
+    positions = getattr(config, "max_position_embeddings", None)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    if not positions or not isinstance(factor, int | float):
+        return positions
+    if kind == "yarn":
+        return max(positions, int(factor * rope.get("original_max_position_embeddings", positions)))
+    if kind in ("linear", "dynamic"):
+        return int(factor * positions)
+    return positions
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:

@@ -1,14 +1,17 @@
 import json
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import LlamaConfig
 
 from callbacks import EntropyHistory, PhaseScheduler
 from datamodules.rollout_datamodule import RolloutDataModule
 from epo_lightning.errors import ConfigurationError
 from epo_lightning.module import EPOModule
+from epo_lightning.policy import context_length
 from tests.conftest import EASY_DATA, TEST_PRESET, make_trainer
 
 
@@ -171,13 +174,18 @@ def test_transcripts_histograms_and_hparams_reach_the_loggers(cache_dir, tmp_pat
     )
 
 
-def _short_context_module(tiny_policy_dir, tmp_path, positions: int, engine_len: int | None = None):
-    """The tiny policy, stating a context of ``positions`` tokens (its engine, optionally, a shorter one), and the
-    prompts its engine is asked to sample from."""
+def _short_context_module(
+    tiny_policy_dir, tmp_path, positions: int, engine_len: int | None = None, rope: dict | None = None
+):
+    """The tiny policy, stating a context of ``positions`` tokens (scaled by ``rope`` settings; its engine, optionally,
+    a shorter one), and the prompts its engine is asked to sample from."""
     policy = tmp_path / "policy"
     shutil.copytree(tiny_policy_dir, policy)
     config = json.loads((policy / "config.json").read_text())
-    (policy / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    config["max_position_embeddings"] = positions
+    if rope is not None:
+        config["rope_parameters"] = {**config.get("rope_parameters", {}), **rope}
+    (policy / "config.json").write_text(json.dumps(config))
     module = EPOModule(policy=str(policy), max_new_tokens=8)
     engine, prompts = module.rollout_engine, []
     engine.max_model_len = engine_len
@@ -191,16 +199,44 @@ def _short_context_module(tiny_policy_dir, tmp_path, positions: int, engine_len:
     return module, prompts
 
 
-@pytest.mark.parametrize(("positions", "engine_len"), [(64, None), (128, 72)])  # prompts here: 30-136 tokens
+@pytest.mark.parametrize(  # prompts here: 30-136 tokens
+    ("positions", "engine_len", "rope", "context"),
+    [
+        (64, None, None, 64),
+        (128, 72, None, 72),
+        (32, None, {"rope_type": "yarn", "factor": 2.0}, 64),  # YaRN: factor x original_max_position_embeddings
+    ],
+    ids=["policy", "engine", "yarn"],
+)
 def test_prompts_are_bounded_by_what_the_context_leaves_for_a_response(
-    tiny_policy_dir, tmp_path, positions, engine_len
+    tiny_policy_dir, tmp_path, positions, engine_len, rope, context
 ):
-    module, prompts = _short_context_module(tiny_policy_dir, tmp_path, positions, engine_len)
+    module, prompts = _short_context_module(tiny_policy_dir, tmp_path, positions, engine_len, rope)
     with pytest.warns(UserWarning, match="lose their middle"):
         make_trainer(tmp_path).validate(module, datamodule=RolloutDataModule(**EASY_DATA))
-    limit = min(positions, engine_len or positions) - 8
+    limit = context - 8
     assert max(len(p) for p in prompts) == limit  # the longer prompts cut to the limit, the others whole
     assert min(len(p) for p in prompts) < limit
+
+
+def test_the_context_length_reads_rotary_scaling_as_each_kind_states_it():
+    llama31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}  # fmt: skip
+    deepseek = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096}
+    cases = [
+        (LlamaConfig(max_position_embeddings=4096), 4096),
+        (LlamaConfig(max_position_embeddings=4096, rope_parameters={"rope_type": "yarn", "factor": 4.0}), 16384),
+        # DeepSeek-V3 style: max_position_embeddings is already the extended length (40 x 4096)
+        (LlamaConfig(max_position_embeddings=163840, rope_parameters=deepseek), 163840),
+        (LlamaConfig(max_position_embeddings=2048, rope_scaling={"type": "linear", "factor": 2.0}), 4096),
+        (LlamaConfig(max_position_embeddings=2048, rope_scaling={"type": "dynamic", "factor": 2.0}), 4096),
+        # Llama 3.1 states the extended length itself (8 x 8192 would be half of it)
+        (LlamaConfig(max_position_embeddings=131072, rope_parameters=llama31),
+         131072),
+        (SimpleNamespace(max_position_embeddings=2048, rope_scaling={"type": "yarn", "factor": 2.0}), 4096),  # 4.x
+        (SimpleNamespace(), None),  # nothing stated
+    ]  # fmt: skip
+    assert [context_length(config) for config, _ in cases] == [expected for _, expected in cases]
 
 
 def test_a_prompt_bound_the_context_cannot_hold_is_refused_before_the_first_episode(tiny_policy_dir, tmp_path):
