@@ -1,8 +1,9 @@
 """One rank of a multi-process fit, launched by the tests with ``torchrun`` (gloo on CPU), recording what it saw.
 
 Each rank writes ``<out>/rank<r>.pt``: its parameters before training and after every RL step, the micro-batches it
-trained on in step 0, its rollout counts and local token-entropy sums per step, its validation episodes, and (rank 0)
-the logged metrics. The tests compare these across ranks and with a one-process computation on the pooled rows.
+trained on in step 0 and in the last step, its rollout counts and local token-entropy sums per step, its validation
+episodes, and (rank 0) the logged metrics. The tests compare these across ranks and with a one-process computation
+on the pooled rows.
 """
 
 from __future__ import annotations
@@ -108,10 +109,13 @@ class Recorder(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: EPOModule) -> None:
         self.record["counts"].append(dict(trainer.datamodule.rollout_stats))
         self.record["micro_batches"] = self.record.get("micro_batches", []) + [trainer.num_training_batches]
+        self.record["last_step_batches"] = []
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: EPOModule, batch: Any, batch_idx: int) -> None:
+        fields = {k: v for k, v in vars(batch).items()}
         if trainer.current_epoch == 0:
-            self.record["batches"].append({k: v for k, v in vars(batch).items()})
+            self.record["batches"].append(fields)
+        self.record["last_step_batches"].append(fields)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: EPOModule) -> None:
         metric = pl_module.train_entropy  # this rank's own sums (compute() restores them after syncing)
