@@ -4,9 +4,9 @@ The entropy is the H_{j,t,i} of paper Eq. 2: ``-sum_v p(v | w_<i) log p(v | w_<i
 whole vocabulary, of the same temperature-scaled distribution the rollout sampled from (verl divides the logits by
 the rollout temperature before ``entropy_from_logits``). Only the positions that predict response tokens are
 projected onto the vocabulary, ``chunk_size`` rows at a time, and the backward recomputes each chunk's logits (for a
-plain linear head with its gradient written out, in two ``[chunk_size, V]`` buffers): a 150k vocabulary never
-materializes a float32 ``[B, T, V]`` tensor, in the forward or in the saved activations
-(docs/results/loss_head_memory.md).
+plain linear head with its gradient written out, in two ``[chunk_size, V]`` buffers and one ``[V, H]`` weight
+gradient): a 150k vocabulary never materializes a float32 ``[B, T, V]`` tensor, in the forward or in the saved
+activations (docs/results/loss_head_memory.md).
 """
 
 from __future__ import annotations
@@ -25,46 +25,75 @@ def _chunk_logprob_entropy(
 
 
 def logprob_entropy_lse(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Log-prob of ``targets``, entropy and log-sum-exp of ``[N, V]`` (temperature-scaled) logits."""
+    """Log-prob of ``targets``, entropy and log-sum-exp of ``[N, V]`` (temperature-scaled) logits.
+
+    Without autograd recording, ``p * z`` is formed in the softmax's buffer: two ``[N, V]`` tensors at once, not three.
+    """
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    weighted = probs * logits if torch.is_grad_enabled() else probs.mul_(logits)  # softmax's backward reads probs
+    entropy = lse - weighted.sum(dim=-1)
     return logprobs, entropy, lse
 
 
 class _LinearLogprobEntropy(torch.autograd.Function):
-    """``_chunk_logprob_entropy`` for a bias-free linear head, with its gradient written out (two ``[N, V]`` buffers).
+    """``_chunk_logprob_entropy`` of a bias-free linear head, ``chunk_size`` positions at a time, gradient written out.
 
     Autograd through the chunk (even recomputed under checkpointing) keeps the logits, the softmax, the log-sum-exp
     input and a gradient for each of its three uses, about six ``[N, V]`` float32 tensors at once. Here the backward
-    recomputes the logits ``z`` and forms ``dL/dz`` in two buffers: with ``p = softmax(z)``, ``log p = z - lse`` and
-    ``H = -sum p log p``,
+    recomputes each chunk's logits ``z`` and forms ``dL/dz`` in two buffers: with ``p = softmax(z)``,
+    ``log p = z - lse`` and ``H = -sum p log p``,
 
         d log p_t / dz = onehot(t) - p,        dH / dz = -p * (log p + H),
 
-    then ``dL/dh = dL/dz @ W / T`` and ``dL/dW = (dL/dz)^T h / T``.
+    then ``dL/dh = dL/dz @ W / T`` and ``dL/dW = (dL/dz)^T h / T``. One function spans every chunk so that ``dL/dW``
+    is summed in one ``[V, H]`` buffer: with a function per chunk, autograd held each chunk's ``[V, H]`` gradient
+    until all of them were there (3.16 GB instead of 2.18 for a 152k vocabulary, docs/results/loss_head_memory.md).
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, targets: Tensor, weight: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-        logprobs, entropy, lse = logprob_entropy_lse(_logits(hidden, weight, temperature), targets)
+    def forward(
+        ctx, hidden: Tensor, targets: Tensor, weight: Tensor, temperature: float, chunk_size: int
+    ) -> tuple[Tensor, Tensor]:
+        pieces = [
+            logprob_entropy_lse(_logits(hidden[rows], weight, temperature), targets[rows])
+            for rows in _chunks(len(targets), chunk_size)
+        ]
+        logprobs, entropy, lse = (torch.cat(parts) for parts in zip(*pieces, strict=True))
         ctx.save_for_backward(hidden, targets, weight, lse, entropy)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logprobs: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+    def backward(
+        ctx, grad_logprobs: Tensor, grad_entropy: Tensor
+    ) -> tuple[Tensor | None, None, Tensor | None, None, None]:
         hidden, targets, weight, lse, entropy = ctx.saved_tensors
-        log_p = _logits(hidden, weight, ctx.temperature).sub_(lse.unsqueeze(-1))  # buffer 1: log p
-        p = log_p.exp()  # buffer 2
-        grad = log_p.add_(entropy.unsqueeze(-1)).mul_(p).mul_(-grad_entropy.unsqueeze(-1))  # dH part, in buffer 1
-        grad.sub_(p.mul_(grad_logprobs.unsqueeze(-1)))  # - g_lp * p
-        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logprobs.unsqueeze(-1))  # + g_lp * onehot(t)
-        del p
-        grad = (grad / ctx.temperature).to(weight.dtype)
-        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad.transpose(0, 1) @ hidden if ctx.needs_input_grad[2] else None
-        return grad_hidden, None, grad_weight, None
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        for rows in _chunks(len(targets), ctx.chunk_size):
+            log_p = _logits(hidden[rows], weight, ctx.temperature).sub_(lse[rows].unsqueeze(-1))  # buffer 1: log p
+            p = log_p.exp()  # buffer 2
+            grad = log_p.add_(entropy[rows].unsqueeze(-1)).mul_(p).mul_(-grad_entropy[rows].unsqueeze(-1))  # dH part
+            grad.sub_(p.mul_(grad_logprobs[rows].unsqueeze(-1)))  # - g_lp * p
+            grad.scatter_add_(-1, targets[rows].unsqueeze(-1), grad_logprobs[rows].unsqueeze(-1))  # + g_lp * onehot(t)
+            del p
+            grad = grad.div_(ctx.temperature).to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad @ weight
+            if ctx.needs_input_grad[2]:
+                chunk_hidden = hidden[rows].to(weight.dtype)
+                if grad_weight is None:
+                    grad_weight = grad.transpose(0, 1) @ chunk_hidden
+                else:
+                    grad_weight.addmm_(grad.transpose(0, 1), chunk_hidden)
+            del log_p, grad  # before the next chunk's two buffers
+        return grad_hidden, None, grad_weight, None, None
+
+
+def _chunks(n: int, chunk_size: int) -> list[slice]:
+    return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
 
 
 def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
@@ -140,16 +169,15 @@ def head_logprobs_and_entropy(
     holds two ``[chunk_size, V]`` buffers; any other head goes through autograd, each chunk checkpointed when grad is
     enabled.
     """
-    plain_linear = isinstance(head, nn.Linear) and head.bias is None and type(head.weight) is nn.Parameter
+    if isinstance(head, nn.Linear) and head.bias is None and type(head.weight) is nn.Parameter:
+        return _LinearLogprobEntropy.apply(hidden, targets, head.weight, temperature, chunk_size)
     pieces = []
-    for start in range(0, targets.numel(), chunk_size):
-        args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])
-        if plain_linear:
-            pieces.append(_LinearLogprobEntropy.apply(*args, head.weight, temperature))
-        elif torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logprob_entropy, *args, head, temperature, use_reentrant=False))
+    for rows in _chunks(targets.numel(), chunk_size):
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logprob_entropy, hidden[rows], targets[rows], head, temperature,
+                                     use_reentrant=False))  # fmt: skip
         else:
-            pieces.append(_chunk_logprob_entropy(*args, head, temperature))
+            pieces.append(_chunk_logprob_entropy(hidden[rows], targets[rows], head, temperature))
     return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
 
