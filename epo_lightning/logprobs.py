@@ -63,10 +63,20 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         logprobs, entropy, lse = (torch.cat(parts) for parts in zip(*pieces, strict=True))
         ctx.save_for_backward(hidden, targets, weight, lse, entropy)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        device = hidden.device.type  # the backward recomputes the logits as this forward computed them
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         return logprobs, entropy
 
     @staticmethod
     def backward(
+        ctx, grad_logprobs: Tensor, grad_entropy: Tensor
+    ) -> tuple[Tensor | None, None, Tensor | None, None, None]:
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _LinearLogprobEntropy._backward(ctx, grad_logprobs, grad_entropy)
+
+    @staticmethod
+    def _backward(
         ctx, grad_logprobs: Tensor, grad_entropy: Tensor
     ) -> tuple[Tensor | None, None, Tensor | None, None, None]:
         hidden, targets, weight, lse, entropy = ctx.saved_tensors
@@ -83,11 +93,10 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[rows] = grad @ weight
             if ctx.needs_input_grad[2]:
-                chunk_hidden = hidden[rows].to(weight.dtype)
-                if grad_weight is None:
-                    grad_weight = grad.transpose(0, 1) @ chunk_hidden
-                else:
-                    grad_weight.addmm_(grad.transpose(0, 1), chunk_hidden)
+                if grad_weight is None:  # in the dtype autocast gives the product, as autograd's own would be
+                    grad_weight = grad.transpose(0, 1) @ hidden[rows].to(weight.dtype)
+                else:  # in place: autocast leaves it alone, so the operands take the first product's dtype
+                    grad_weight.addmm_(grad.transpose(0, 1).to(grad_weight.dtype), hidden[rows].to(grad_weight.dtype))
             del log_p, grad  # before the next chunk's two buffers
         return grad_hidden, None, grad_weight, None, None
 

@@ -76,12 +76,14 @@ def context_length(config: PretrainedConfig) -> int | None:
     ``max_position_embeddings`` is the pretrained length for most checkpoints, but a YaRN-extended one (Qwen2.5's
     ``rope_scaling: {type: yarn, factor: 4}``) reaches ``factor`` times ``original_max_position_embeddings``, and
     linear or dynamic scaling ``factor`` times ``max_position_embeddings``. Llama 3's and LongRoPE's configs already
-    state the extended length. Per-layer rope settings (a dict of dicts) are read as unscaled.
+    state the extended length, and so does Gemma 3 (its linear factor 8 applies to the global-attention layers of a
+    131k context). Per-layer rope settings (a dict of dicts, Gemma 3 under transformers 5) are read as unscaled.
     """
     positions = getattr(config, "max_position_embeddings", None)
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
-    if not positions or not isinstance(factor, int | float):
+    states_its_extension = str(getattr(config, "model_type", "")).startswith("gemma3")
+    if not positions or not isinstance(factor, int | float) or states_its_extension:
         return positions
     if kind == "yarn":
         return max(positions, int(factor * rope.get("original_max_position_embeddings", positions)))

@@ -240,7 +240,7 @@ def test_a_policy_that_nothing_ends_a_response_of_is_loaded_with_a_warning_sayin
         tokenizer.save_pretrained(tmp_path / name)
         model.save_pretrained(tmp_path / name)
     with warnings.catch_warnings():  # the ChatML template still ends a turn with <|im_end|>: no warning
-        warnings.simplefilter("error")
+        warnings.filterwarnings("error", message="Nothing ends a response")
         _, loaded = load_policy(tmp_path / "chatml")
     assert loaded.eos_token_id is None
     with pytest.warns(UserWarning, match="Nothing ends a response.*runs to max_new_tokens.*add_special_tokens"):

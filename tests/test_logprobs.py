@@ -235,3 +235,24 @@ def test_gradient_checkpointing_of_the_blocks_gives_the_same_gradients(model, ba
     for name, grad in grads[0].items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_written_out_gradient_under_bf16_autocast_spans_chunks_wherever_backward_runs(model, batch):
+    """Lightning's bf16-mixed over float32 weights: the weight gradient of several chunks sums in the dtype of the
+    autocast product, and a backward run after leaving autocast recomputes the logits as the forward computed them."""
+    grads = {}
+    for name, chunk_size, backward_inside in (("one chunk", 1024, True), ("chunks", 3, True), ("outside", 3, False)):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, entropy = response_logprobs_and_entropy(model, *batch, chunk_size=chunk_size)  # 11 tokens: 4 chunks
+            loss = logp.sum() + 0.1 * entropy.sum()
+            if backward_inside:
+                loss.backward()
+        if not backward_inside:
+            loss.backward()
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for name, grad in grads["chunks"].items():
+        assert grad.dtype == torch.float32 and grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, grads["one chunk"][name], rtol=2e-2, atol=2e-3, msg=name)  # bf16 sums
+        torch.testing.assert_close(grads["outside"][name], grad, rtol=0, atol=0, msg=name)  # the same computation

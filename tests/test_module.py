@@ -184,7 +184,7 @@ def _short_context_module(
     config = json.loads((policy / "config.json").read_text())
     config["max_position_embeddings"] = positions
     if rope is not None:
-        config["rope_parameters"] = {**config.get("rope_parameters", {}), **rope}
+        config["rope_scaling"] = rope  # transformers 5 reads it into rope_parameters
     (policy / "config.json").write_text(json.dumps(config))
     module = EPOModule(policy=str(policy), max_new_tokens=8)
     engine, prompts = module.rollout_engine, []
@@ -234,6 +234,9 @@ def test_the_context_length_reads_rotary_scaling_as_each_kind_states_it():
         (LlamaConfig(max_position_embeddings=131072, rope_parameters=llama31),
          131072),
         (SimpleNamespace(max_position_embeddings=2048, rope_scaling={"type": "yarn", "factor": 2.0}), 4096),  # 4.x
+        # Gemma 3 under transformers 4.x: a flat linear factor 8 next to the 131k context it already states
+        (SimpleNamespace(model_type="gemma3_text", max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "linear", "factor": 8.0}), 131072),
         (SimpleNamespace(), None),  # nothing stated
     ]  # fmt: skip
     assert [context_length(config) for config, _ in cases] == [expected for _, expected in cases]
