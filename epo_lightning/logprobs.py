@@ -102,6 +102,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
 
 
 def _chunks(n: int, chunk_size: int) -> list[slice]:
+    """Consecutive slices of ``chunk_size`` positions (the last one shorter) covering ``n``."""
     return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
 
 
@@ -182,11 +183,11 @@ def head_logprobs_and_entropy(
         return _LinearLogprobEntropy.apply(hidden, targets, head.weight, temperature, chunk_size)
     pieces = []
     for rows in _chunks(targets.numel(), chunk_size):
+        chunk = (hidden[rows], targets[rows], head, temperature)
         if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logprob_entropy, hidden[rows], targets[rows], head, temperature,
-                                     use_reentrant=False))  # fmt: skip
+            pieces.append(checkpoint(_chunk_logprob_entropy, *chunk, use_reentrant=False))
         else:
-            pieces.append(_chunk_logprob_entropy(hidden[rows], targets[rows], head, temperature))
+            pieces.append(_chunk_logprob_entropy(*chunk))
     return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
 
