@@ -334,17 +334,18 @@ def test_the_critic_s_explained_variance_is_computed_over_both_ranks_tokens(ddp_
     that of every response token of the step on both ranks, pooled (not an average of per-rank values)."""
     _, cache = ddp_run
     ranks = torchrun(tmp_path / "out", cache, "--steps", "2", "--advantage", "gae")
-    values, returns, per_rank = [], [], []
+
+    def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+        return float(1 - (returns - values).var() / returns.var())
+
+    values, returns = [], []
     for record in ranks:
         last_step = record["last_step_batches"]  # ppo_epochs 1: each micro-batch trained once
         tokens = [b["response_mask"].bool() for b in last_step]
-        rank_values = torch.cat([b["old_values"][t] for b, t in zip(last_step, tokens, strict=True)]).double()
-        rank_returns = torch.cat([b["returns"][t] for b, t in zip(last_step, tokens, strict=True)]).double()
-        per_rank.append(1 - (rank_returns - rank_values).var() / rank_returns.var())
-        values.append(rank_values)
-        returns.append(rank_returns)
-    values, returns = torch.cat(values), torch.cat(returns)
-    pooled = float(1 - (returns - values).var() / returns.var())
-    assert abs(pooled) > 0.01 and abs(pooled - float(sum(per_rank)) / 2) > 1e-3  # pooling is what this tests
+        values.append(torch.cat([b["old_values"][t] for b, t in zip(last_step, tokens, strict=True)]).double())
+        returns.append(torch.cat([b["returns"][t] for b, t in zip(last_step, tokens, strict=True)]).double())
+    per_rank = [explained_variance(v, r) for v, r in zip(values, returns, strict=True)]
+    pooled = explained_variance(torch.cat(values), torch.cat(returns))
+    assert abs(pooled) > 0.01 and abs(pooled - sum(per_rank) / 2) > 1e-3  # pooling is what this tests
     for record in ranks:
         assert record["metrics"]["critic/explained_variance"] == pytest.approx(pooled, rel=1e-4, abs=1e-5)
